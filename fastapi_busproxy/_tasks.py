@@ -1,0 +1,60 @@
+"""Owned tasks: every background task belongs to an object that cancels and awaits it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+logger = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished.
+
+    The task's own cancellation is not propagated; a cancellation of the caller is.
+    """
+    if task is asyncio.current_task():
+        return
+    task.cancel()
+    # asyncio.wait() does not raise the task's CancelledError, only the caller's.
+    await asyncio.wait((task,))
+
+
+class TaskSet:
+    """A set of tasks owned by one object (a worker, a link).
+
+    A task that ends is forgotten; one that raised is logged with the owner's name.
+    :meth:`cancel_all` cancels every task but the caller's own and waits for them.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, _T], *, name: str) -> asyncio.Task[_T]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.owner}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "task %s of %s failed", task.get_name(), self.owner, exc_info=task.exception()
+            )
+
+    async def cancel_all(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)

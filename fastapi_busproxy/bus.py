@@ -1,0 +1,318 @@
+"""The worker bus: subscribers, bounded per-subscriber queues, routing by interest.
+
+A subscriber registers a handler with an :class:`~fastapi_busproxy.interest.Interest`. The bus
+finds the recipients of each message in an index (by target, source and type) and puts the
+message in each recipient's bounded queue; one delivery task per subscriber, owned by the bus,
+calls the handler with one message at a time.
+
+Per subscriber:
+
+- data messages are delivered in the order they were queued (FIFO);
+- system messages (:class:`~fastapi_busproxy.messages.BusSystemMessage`) overtake the data
+  messages already queued;
+- a handler that raises is logged and counted, and delivery goes on with the next message.
+
+Queues are bounded (``capacity`` data messages, ``system_capacity`` system messages). When a
+recipient's queue is full, the sender's :class:`~fastapi_busproxy.messages.Overflow` policy
+applies: ``WAIT`` (the default: ``send()`` waits for room, up to ``timeout``, then raises
+:class:`~fastapi_busproxy.exceptions.BusFullError`) or ``DROP`` (the message is not queued for
+that recipient; the drop is counted on the subscription and logged). System messages always
+wait. Recipients with room get the message at once; only full ones make the sender wait.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from ._mailbox import Mailbox
+from ._tasks import cancel_and_wait
+from .exceptions import BusClosedError, BusFullError, ConfigurationError
+from .interest import Interest, InterestIndex
+from .messages import BusMessage, Overflow
+
+__all__ = [
+    "AsyncQueueBus",
+    "DEFAULT_CAPACITY",
+    "DEFAULT_SYSTEM_CAPACITY",
+    "InMemoryBus",
+    "MessageHandler",
+    "Subscription",
+    "WorkerBus",
+]
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[BusMessage], Awaitable[None]]
+
+DEFAULT_CAPACITY = 1000
+"""Data messages a subscriber's queue holds before the overflow policy applies."""
+
+DEFAULT_SYSTEM_CAPACITY = 100
+"""System messages a subscriber's queue holds before senders wait."""
+
+_DROP_LOG_EVERY = 1000
+
+
+class Subscription:
+    """A subscriber's place on the bus: its interest, queue, delivery task and counters.
+
+    Attributes:
+        name: the subscriber's name (used in log lines).
+        interest: what it receives.
+        delivered: messages handed to the handler.
+        dropped: messages not queued because the queue was full and the policy was ``DROP``.
+        errors: messages whose handler raised.
+    """
+
+    __slots__ = (
+        "_handler",
+        "_task",
+        "delivered",
+        "dropped",
+        "errors",
+        "interest",
+        "mailbox",
+        "name",
+    )
+
+    def __init__(
+        self, name: str, handler: MessageHandler, interest: Interest, mailbox: Mailbox[BusMessage]
+    ) -> None:
+        self.name = name
+        self.interest = interest
+        self.mailbox = mailbox
+        self._handler = handler
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+        self.dropped = 0
+        self.errors = 0
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.name!r} queued={len(self.mailbox)} dropped={self.dropped}>"
+
+    @property
+    def closed(self) -> bool:
+        return self.mailbox.closed
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting in the queue."""
+        return len(self.mailbox)
+
+    async def _run(self) -> None:
+        mailbox = self.mailbox
+        handler = self._handler
+        while True:
+            try:
+                message = await mailbox.get()
+            except BusClosedError:
+                return
+            try:
+                await handler(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.errors += 1
+                logger.exception(
+                    "subscriber %s failed on %s from %s; delivery goes on",
+                    self.name,
+                    type(message).__name__,
+                    message.source,
+                )
+            else:
+                self.delivered += 1
+
+
+class WorkerBus(abc.ABC):
+    """The bus that workers and proxies share.
+
+    Subclasses implement :meth:`send` (and, for a remote backend, :meth:`start`, :meth:`stop`
+    and interest changes); local delivery to subscribers is common to every bus.
+
+    Args:
+        capacity: default data capacity of each subscriber's queue.
+        system_capacity: default system capacity of each subscriber's queue.
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        system_capacity: int = DEFAULT_SYSTEM_CAPACITY,
+    ) -> None:
+        if capacity < 1 or system_capacity < 1:
+            raise ConfigurationError("bus queue capacities must be at least 1")
+        self.capacity = capacity
+        self.system_capacity = system_capacity
+        self._index: InterestIndex[Subscription] = InterestIndex()
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return self._index.subscribers()
+
+    async def start(self) -> None:
+        """Start the bus. Starting a running bus does nothing."""
+        self._running = True
+
+    async def stop(self) -> None:
+        """Stop the bus: every delivery task is cancelled and awaited. Idempotent."""
+        self._running = False
+        for subscription in self._index.subscribers():
+            await self.unsubscribe(subscription)
+
+    async def subscribe(
+        self,
+        name: str,
+        handler: MessageHandler,
+        interest: Interest,
+        *,
+        capacity: int | None = None,
+        system_capacity: int | None = None,
+    ) -> Subscription:
+        """Deliver the messages ``interest`` selects to ``handler``, one at a time.
+
+        Returns the :class:`Subscription`, to pass to :meth:`unsubscribe`.
+
+        Raises:
+            BusClosedError: the bus is not running.
+        """
+        if not self._running:
+            raise BusClosedError(f"cannot subscribe {name!r}: the bus is not running")
+        mailbox: Mailbox[BusMessage] = Mailbox(
+            capacity or self.capacity, system_capacity or self.system_capacity
+        )
+        subscription = Subscription(name, handler, interest, mailbox)
+        subscription._task = asyncio.get_running_loop().create_task(
+            subscription._run(), name=f"bus-delivery:{name}"
+        )
+        self._index.add(subscription, interest)
+        await self._interest_changed()
+        return subscription
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to ``subscription``; what is still queued is discarded.
+
+        Called from the subscriber's own handler, the handler finishes and no further message
+        is delivered. Otherwise the delivery task is cancelled and awaited. Idempotent.
+        """
+        if subscription in self._index:
+            self._index.remove(subscription)
+            await self._interest_changed()
+        left = subscription.mailbox.close()
+        if left:
+            logger.debug("subscriber %s left %d undelivered messages", subscription.name, len(left))
+        task = subscription._task
+        if task is not None:
+            await cancel_and_wait(task)
+
+    async def _interest_changed(self) -> None:  # noqa: B027 (optional hook)
+        """Hook for backends that subscribe remotely to what local subscribers want."""
+
+    @abc.abstractmethod
+    async def send(
+        self,
+        message: BusMessage,
+        *,
+        overflow: Overflow | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Send ``message`` to every subscriber whose interest selects it.
+
+        Args:
+            message: the message; its ``target`` selects the recipient (``None`` broadcasts).
+            overflow: what to do when a recipient's queue is full; defaults to the message
+                class's ``overflow``. System messages always wait.
+            timeout: with ``WAIT``, the longest time to wait for room, in seconds
+                (``None``: as long as it takes).
+
+        Raises:
+            BusClosedError: the bus is not running.
+            BusFullError: a recipient's queue stayed full for ``timeout`` seconds. Recipients
+                with room have received the message.
+
+        Cancelling a send that waits for room leaves the message unqueued for the recipients
+        still full, and queued for the others.
+        """
+
+    async def _deliver_local(
+        self, message: BusMessage, overflow: Overflow | None, timeout: float | None
+    ) -> None:
+        recipients = self._index.recipients(message)
+        if not recipients:
+            return
+        system = message.system
+        blocked: list[Subscription] | None = None
+        for subscription in recipients:
+            mailbox = subscription.mailbox
+            if mailbox.closed:
+                continue
+            if mailbox.offer(message, system):
+                continue
+            policy = Overflow.WAIT if system else (overflow or message.overflow)
+            if policy is Overflow.DROP:
+                subscription.dropped += 1
+                if subscription.dropped % _DROP_LOG_EVERY == 1:
+                    logger.warning(
+                        "queue of %s is full (%d): dropped %s from %s (%d dropped so far)",
+                        subscription.name,
+                        subscription.mailbox.capacity,
+                        type(message).__name__,
+                        message.source,
+                        subscription.dropped,
+                    )
+                continue
+            if blocked is None:
+                blocked = []
+            blocked.append(subscription)
+        if blocked:
+            await self._wait_for_room(message, blocked, timeout)
+
+    async def _wait_for_room(
+        self, message: BusMessage, blocked: list[Subscription], timeout: float | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        for subscription in blocked:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                await asyncio.wait_for(subscription.mailbox.put(message, message.system), remaining)
+            except asyncio.TimeoutError:
+                raise BusFullError(
+                    f"queue of {subscription.name!r} stayed full for {timeout}s: "
+                    f"{type(message).__name__} from {message.source!r} was not queued for it"
+                ) from None
+            except BusClosedError:
+                continue  # the subscriber left while we waited
+
+
+class InMemoryBus(WorkerBus):
+    """The embedded bus: every subscriber lives in this process.
+
+    See the module documentation for ordering and overflow rules.
+    """
+
+    async def send(
+        self,
+        message: BusMessage,
+        *,
+        overflow: Overflow | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if not self._running:
+            raise BusClosedError(
+                f"cannot send {type(message).__name__}: the bus is not running"
+                " (start the runner first)"
+            )
+        await self._deliver_local(message, overflow, timeout)
+
+
+AsyncQueueBus = InMemoryBus
+"""Another name for :class:`InMemoryBus` (the name the reference implementation uses)."""
