@@ -4,6 +4,7 @@ The public API is what ``__all__`` lists; everything else is private and may cha
 """
 
 from .bus import AsyncQueueBus, InMemoryBus, Subscription, WorkerBus
+from .closecodes import CloseCode
 from .exceptions import (
     BusClosedError,
     BusError,
@@ -58,6 +59,14 @@ from .messages import (
     WorkerRegistryEntry,
     register_wire_type,
 )
+from .proxy import (
+    CloseInfo,
+    ForwardingRules,
+    LinkStats,
+    ReconnectPolicy,
+    WebSocketProxyClient,
+    WebSocketProxyServer,
+)
 from .registry import WorkerRegistry
 from .runner import WorkerRunner
 from .serializers import JSONMessageSerializer, MessageSerializer
@@ -98,8 +107,11 @@ __all__ = [
     "BusWorkerErrorMessage",
     "BusWorkerReadyMessage",
     "BusWorkerRegistryMessage",
+    "CloseCode",
+    "CloseInfo",
     "ConfigurationError",
     "DuplicateWorkerError",
+    "ForwardingRules",
     "FrameDirection",
     "HandshakeRejectedError",
     "InMemoryBus",
@@ -113,19 +125,23 @@ __all__ = [
     "JobStatus",
     "JobTimeoutError",
     "LinkClosedError",
+    "LinkStats",
     "MessageDecodeError",
     "MessageEncodeError",
     "MessageSerializer",
     "Overflow",
     "ProxyError",
+    "ReconnectPolicy",
     "SerializationError",
     "Subscription",
     "UnknownEventError",
+    "WebSocketProxyClient",
+    "WebSocketProxyServer",
     "WorkerBus",
     "WorkerRegistry",
     "WorkerRegistryEntry",
     "WorkerRunner",
     "WorkerState",
-    "__version__",
     "register_wire_type",
+    "__version__",
 ]

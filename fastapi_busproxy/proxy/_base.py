@@ -1,0 +1,132 @@
+"""What the client and server proxies share: a worker that forwards through a link."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..closecodes import CloseCode
+from ..interest import Interest
+from ..messages import BusMessage, BusWorkerRegistryMessage, WorkerRegistryEntry
+from ..serializers import JSONMessageSerializer, MessageSerializer
+from ..worker import BaseWorker
+from ._link import Link, LinkConfig, LinkStats
+from ._outbox import Outbox
+from .forwarding import ForwardingRules
+
+logger = logging.getLogger("fastapi_busproxy.proxy")
+
+
+class ProxyWorker(BaseWorker):
+    """Base of the two proxies: forwards bus messages through the current :class:`Link`."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        local_worker: str,
+        remote_worker: str,
+        forward_messages: Iterable[type[BusMessage]],
+        serializer: MessageSerializer | None,
+        outbound_needs_local_source: bool,
+        forward_sources: Iterable[str] | None,
+        config: LinkConfig,
+        outbox: Outbox,
+        active: bool,
+    ) -> None:
+        super().__init__(name, active=active)
+        self.rules = ForwardingRules.build(
+            local_worker=local_worker,
+            remote_worker=remote_worker,
+            forward_types=forward_messages,
+            outbound_needs_local_source=outbound_needs_local_source,
+            forward_sources=forward_sources,
+        )
+        self.serializer: MessageSerializer = serializer or JSONMessageSerializer(
+            max_size=config.max_message_size
+        )
+        self.link_config = config
+        self.stats = LinkStats()
+        self._outbox = outbox
+        self._link: Link | None = None
+
+    @property
+    def connected(self) -> bool:
+        """``True`` while a WebSocket connection is up."""
+        return self._link is not None and not self._link.closing
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting to cross (in the send queue, or the client's outbox)."""
+        return len(self._outbox)
+
+    def bus_interest(self) -> Interest:
+        # Its own name (activation, end, cancel), plus what the rules may forward.
+        return Interest(targets=frozenset((self.name,))).union(self.rules.interest())
+
+    async def _receive(self, message: BusMessage) -> None:
+        if message.target != self.name and self.rules.should_send(message):
+            await self._forward(message)
+        else:
+            await super()._receive(message)
+
+    async def _forward(self, message: BusMessage) -> None:
+        link = self._link
+        outbox = self._outbox
+        if link is not None and not link.closing:
+            if outbox.put_nowait(message):
+                return
+            try:
+                await asyncio.wait_for(outbox.wait_for_room(), self.link_config.send_timeout)
+            except asyncio.TimeoutError:
+                logger.warning(
+                    "proxy %s: send queue full (%d) for %.1fs; closing the link with %d",
+                    self.name,
+                    outbox.max_size,
+                    self.link_config.send_timeout,
+                    CloseCode.PEER_TOO_SLOW,
+                )
+                await link.close(CloseCode.PEER_TOO_SLOW, "peer too slow")
+            else:
+                if outbox.put_nowait(message):
+                    return
+        self._hold(message)
+
+    def _hold(self, message: BusMessage) -> None:
+        """Keep (or drop) a message while no link can take it."""
+        self.stats.dropped += 1
+        logger.debug("proxy %s: not connected, dropped %s", self.name, type(message).__name__)
+
+    def _announce(self, link: Link, entry: WorkerRegistryEntry) -> None:
+        """Tell the peer that our local worker is ready (the reference's handshake)."""
+        link.send_now(
+            BusWorkerRegistryMessage(source=self.name, runner=self.runner.name, workers=[entry])
+        )
+
+    async def _deliver_inbound(self, message: BusMessage) -> None:
+        await self.bus.send(message)
+
+    def _new_link(self, transport: Any, *, framed: bool, app_keepalive: bool) -> Link:
+        config = self.link_config
+        if app_keepalive != config.app_keepalive:
+            from dataclasses import replace
+
+            config = replace(config, app_keepalive=app_keepalive)
+        return Link(
+            name=self.name,
+            transport=transport,
+            rules=self.rules,
+            serializer=self.serializer,
+            framed=framed,
+            deliver=self._deliver_inbound,
+            outbox=self._outbox,
+            stats=self.stats,
+            config=config,
+        )
+
+    def _link_down(self) -> None:
+        gone = self.runner.registry.unregister_origin(self.name)
+        if gone:
+            logger.debug("proxy %s: unregistered remote workers %s", self.name, gone)

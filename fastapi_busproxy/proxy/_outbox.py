@@ -1,0 +1,103 @@
+"""The bounded queue of messages waiting to cross a link.
+
+While a link is up, a full outbox makes the sender wait (backpressure) up to a limit. While the
+client is disconnected, the outbox keeps the newest ``max_size`` messages no older than
+``max_age`` seconds, dropping the oldest (counted). The send pump peeks, sends, then pops, so a
+batch whose write failed is sent again on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from ..messages import BusMessage
+
+
+class Outbox:
+    __slots__ = ("_items", "_room", "_signal", "expired", "max_age", "max_size", "overflowed")
+
+    def __init__(self, max_size: int, max_age: float | None = None) -> None:
+        self.max_size = max_size
+        self.max_age = max_age
+        self._items: deque[tuple[float, BusMessage]] = deque()
+        self._signal = asyncio.Event()  # set on every put and notify()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.overflowed = 0  # dropped because the outbox was full while disconnected
+        self.expired = 0  # dropped because they waited longer than max_age
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.max_size
+
+    def put_nowait(self, message: BusMessage) -> bool:
+        """Queue ``message`` if there is room; ``False`` if full."""
+        if len(self._items) >= self.max_size:
+            self._room.clear()
+            return False
+        self._items.append((time.monotonic(), message))
+        self._signal.set()
+        return True
+
+    def put_dropping_oldest(self, message: BusMessage) -> int:
+        """Queue ``message``, dropping the oldest ones if full; returns how many were dropped."""
+        dropped = 0
+        while len(self._items) >= self.max_size:
+            self._items.popleft()
+            dropped += 1
+        self.overflowed += dropped
+        self._items.append((time.monotonic(), message))
+        self._signal.set()
+        return dropped
+
+    async def wait_for_room(self) -> None:
+        while len(self._items) >= self.max_size:
+            self._room.clear()
+            await self._room.wait()
+
+    def notify(self) -> None:
+        """Wake the send pump (a control frame is waiting)."""
+        self._signal.set()
+
+    async def wait_signal(self) -> None:
+        """Wait for the next put or notify(); the single consumer checks before waiting."""
+        await self._signal.wait()
+        self._signal.clear()
+
+    def expire(self) -> int:
+        """Drop messages older than ``max_age``; returns how many."""
+        if self.max_age is None or not self._items:
+            return 0
+        limit = time.monotonic() - self.max_age
+        dropped = 0
+        while self._items and self._items[0][0] < limit:
+            self._items.popleft()
+            dropped += 1
+        self.expired += dropped
+        if dropped:
+            self._room.set()
+        return dropped
+
+    def peek(self, count: int) -> list[BusMessage]:
+        items = self._items
+        if count == 1 or len(items) == 1:
+            return [items[0][1]] if items else []
+        return [items[i][1] for i in range(min(count, len(items)))]
+
+    def pop(self, count: int) -> None:
+        items = self._items
+        for _ in range(min(count, len(items))):
+            items.popleft()
+        if len(items) < self.max_size:
+            self._room.set()
+
+    def clear(self) -> int:
+        count = len(self._items)
+        self._items.clear()
+        self._room.set()
+        return count

@@ -1,0 +1,344 @@
+"""WebSocketProxyClient: the client end of a link, with reconnect and an outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+from ..closecodes import CloseCode
+from ..exceptions import ConfigurationError, HandshakeRejectedError
+from ..messages import BusMessage, WorkerRegistryEntry
+from ..serializers import MessageSerializer
+from ._base import ProxyWorker
+from ._link import CloseInfo, LinkConfig
+from ._outbox import Outbox
+from ._transport import WebsocketsTransport
+from .framing import subprotocol_for
+from .reconnect import ReconnectPolicy
+
+__all__ = ["HeadersProvider", "WebSocketProxyClient"]
+
+logger = logging.getLogger("fastapi_busproxy.proxy")
+
+HeadersProvider = (
+    Mapping[str, str] | Callable[[], Mapping[str, str]] | Callable[[], Awaitable[Mapping[str, str]]]
+)
+"""Handshake headers: a mapping, or a callable (sync or async) called at every connect."""
+
+
+class WebSocketProxyClient(ProxyWorker):
+    """Connects to a WebSocket URL and bridges a local worker with a remote one.
+
+    Sends the peer the messages targeted at ``remote_worker_name``, plus the
+    ``forward_messages`` types sent by ``local_worker_name``; lets in the messages from
+    ``remote_worker_name`` targeted at ``local_worker_name`` (see
+    :mod:`fastapi_busproxy.proxy.forwarding`). The proxy receives the bus when it is added to a
+    runner; it connects when activated (``active=True``: as soon as it starts).
+
+    When the connection is lost it reconnects with exponential backoff and jitter
+    (``reconnect``); a handshake refused with HTTP 401 or 403 stops retrying and fires
+    ``on_gave_up``. While disconnected, messages for the remote worker wait in a bounded
+    outbox (``outbox_size`` messages, ``outbox_max_age`` seconds; the oldest are dropped and
+    counted) that is flushed, in order, on reconnect. Messages written to a connection just
+    before it broke may be lost: delivery across a link is at most once.
+
+    Deactivating closes the connection (1000); stopping closes it with 1001. Activating again
+    replaces the connection without leaking the old one.
+
+    Args:
+        name: unique worker name of this proxy.
+        url: ``ws://`` or ``wss://`` URL of the server endpoint.
+        remote_worker_name: the worker on the server's side.
+        local_worker_name: the local worker the server talks to.
+        forward_messages: extra message types forwarded from ``local_worker_name`` by source.
+        headers: handshake headers, or a callable (sync or async) returning them, called at
+            every connect (for tokens that expire).
+        serializer: the codec (default :class:`~fastapi_busproxy.JSONMessageSerializer`).
+        active: connect as soon as the proxy starts (default ``False``: on activation).
+        forward_sources: sources accepted for inbound ``forward_messages`` types.
+        reconnect: the :class:`ReconnectPolicy` (default: 0.5 s doubling to 30 s, forever).
+        open_timeout: seconds allowed for the TCP + TLS + WebSocket handshake.
+        ping_interval / ping_timeout: WebSocket keepalive pings (``None`` disables).
+        max_message_size: largest inbound message; larger closes with 1009.
+        send_queue_size: the outbox size: messages queued while connected (senders then wait
+            up to ``send_timeout``) or while disconnected (the oldest are then dropped).
+        outbox_max_age: seconds a message may wait in the outbox while disconnected.
+        send_timeout: seconds a full queue or a stuck write is tolerated before the link is
+            closed with :attr:`CloseCode.PEER_TOO_SLOW` (and reconnected).
+        max_bad_frames: refused messages in a row before the link is closed (1007 or 1008).
+        compression: ``"deflate"`` for permessage-deflate, ``None`` (default) for none.
+        batching: offer the framed subprotocol (batching, keepalive); a reference server
+            ignores the offer and the plain format is used.
+
+    Events:
+        ``on_connected(worker, websocket)``, ``on_disconnected(worker, websocket)``;
+        ``on_reconnecting(worker, attempt, delay)``: a connect failed or the link dropped,
+        the next try comes in ``delay`` seconds;
+        ``on_gave_up(worker, error)``: no more tries (``error`` is a
+        :class:`HandshakeRejectedError` for 401/403, else the last connect error).
+    """
+
+    EVENTS: ClassVar[tuple[str, ...]] = (
+        "on_connected",
+        "on_disconnected",
+        "on_reconnecting",
+        "on_gave_up",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str,
+        remote_worker_name: str,
+        local_worker_name: str,
+        forward_messages: Iterable[type[BusMessage]] = (),
+        headers: HeadersProvider | None = None,
+        serializer: MessageSerializer | None = None,
+        active: bool = False,
+        forward_sources: Iterable[str] | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        open_timeout: float | None = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        max_message_size: int = 1_048_576,
+        send_queue_size: int = 1000,
+        outbox_max_age: float | None = 60.0,
+        send_timeout: float = 10.0,
+        max_bad_frames: int = 10,
+        compression: str | None = None,
+        batching: bool = True,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+            raise ConfigurationError(f"url must be a ws:// or wss:// URL, not {url!r}")
+        if local_worker_name == remote_worker_name:
+            raise ConfigurationError(
+                f"local_worker_name and remote_worker_name are both {local_worker_name!r}:"
+                " a link joins two different workers"
+            )
+        if compression not in (None, "deflate"):
+            raise ConfigurationError('compression must be "deflate" or None')
+        super().__init__(
+            name,
+            local_worker=local_worker_name,
+            remote_worker=remote_worker_name,
+            forward_messages=forward_messages,
+            serializer=serializer,
+            outbound_needs_local_source=False,
+            forward_sources=forward_sources,
+            config=LinkConfig(
+                max_message_size=max_message_size,
+                send_timeout=send_timeout,
+                max_bad_frames=max_bad_frames,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                batching=batching,
+            ),
+            outbox=Outbox(send_queue_size, outbox_max_age),
+            active=active,
+        )
+        self.url = url
+        self.remote_worker_name = remote_worker_name
+        self.local_worker_name = local_worker_name
+        self.headers = headers
+        self.reconnect_policy = reconnect or ReconnectPolicy()
+        self.open_timeout = open_timeout
+        self.compression = compression
+        self.batching = batching
+        self.close_info: CloseInfo | None = None
+        self.subprotocol: str | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._connections = 0
+        self._rng = random.Random()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self.watch_workers(self.local_worker_name)
+        if self.active:
+            await self._start_connecting()
+
+    async def on_activated(self, args: dict[str, Any] | None) -> None:
+        await self._start_connecting()
+
+    async def on_deactivated(self) -> None:
+        await self._stop_connecting(CloseCode.NORMAL_CLOSURE, "deactivated")
+
+    async def on_stop(self) -> None:
+        await self._stop_connecting(CloseCode.GOING_AWAY, "proxy stopped")
+
+    async def stop(self) -> None:
+        """Close the connection with 1001 and stop the proxy. Idempotent."""
+        await self.cancel("stopped")
+
+    async def connect(self) -> None:
+        """Start connecting now (as an activation would); a current connection is replaced."""
+        await self._start_connecting()
+
+    async def _start_connecting(self) -> None:
+        await self._stop_connecting(CloseCode.NORMAL_CLOSURE, "reconnecting")
+        self._connector = self.spawn(self._connect_loop(), name="connect")
+
+    async def _stop_connecting(self, code: int, reason: str) -> None:
+        task, self._connector = self._connector, None
+        link = self._link
+        if link is not None:
+            await link.close(code, reason)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait((task,))
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    async def _connect_loop(self) -> None:
+        policy = self.reconnect_policy
+        attempt = 0
+        while True:
+            try:
+                connection = await self._open()
+            except HandshakeRejectedError as exc:
+                logger.error("proxy %s: %s; not retrying", self.name, exc)
+                await self._call_event_handler("on_gave_up", exc)
+                return
+            except ConfigurationError as exc:
+                logger.error("proxy %s: %s", self.name, exc)
+                await self._call_event_handler("on_gave_up", exc)
+                return
+            except Exception as exc:  # refused, unreachable, timed out, bad status: retry
+                attempt += 1
+                if not policy.should_retry(attempt):
+                    logger.error(
+                        "proxy %s: giving up on %s after %d attempts: %s",
+                        self.name,
+                        self.url,
+                        attempt,
+                        exc,
+                    )
+                    await self._call_event_handler("on_gave_up", exc)
+                    return
+                delay = policy.delay(attempt, self._rng.random())
+                logger.info(
+                    "proxy %s: cannot connect to %s (%s); retry %d in %.2fs",
+                    self.name,
+                    self.url,
+                    exc,
+                    attempt,
+                    delay,
+                )
+                await self._call_event_handler("on_reconnecting", attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            info = await self._run_connection(connection)
+            if info.by_us and info.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
+                return
+            # The link dropped: try again after the first backoff step.
+            attempt = 1
+            delay = policy.delay(attempt, self._rng.random())
+            await self._call_event_handler("on_reconnecting", attempt, delay)
+            await asyncio.sleep(delay)
+
+    async def _open(self) -> Any:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus, InvalidURI
+
+        headers = await self._resolve_headers()
+        offered = subprotocol_for(self.serializer.content_type)
+        try:
+            return await connect(
+                self.url,
+                additional_headers=headers,
+                subprotocols=[offered] if self.batching else None,  # type: ignore[list-item]
+                open_timeout=self.open_timeout,
+                ping_interval=self.link_config.ping_interval,
+                ping_timeout=self.link_config.ping_timeout,
+                max_size=self.link_config.max_message_size,
+                compression="deflate" if self.compression else None,
+                close_timeout=5,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if ReconnectPolicy.is_fatal_status(status):
+                raise HandshakeRejectedError(
+                    f"{self.url} refused the handshake with HTTP {status}"
+                    " (check the credentials in headers)",
+                    status_code=status,
+                ) from exc
+            raise
+        except InvalidURI as exc:
+            raise ConfigurationError(f"invalid url {self.url!r}: {exc}") from exc
+
+    async def _resolve_headers(self) -> Mapping[str, str] | None:
+        headers = self.headers
+        if headers is None or isinstance(headers, Mapping):
+            return headers
+        value = headers()
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    async def _run_connection(self, connection: Any) -> CloseInfo:
+        offered = subprotocol_for(self.serializer.content_type)
+        self.subprotocol = connection.subprotocol
+        framed = self.subprotocol == offered
+        link = self._new_link(WebsocketsTransport(connection), framed=framed, app_keepalive=False)
+        self._link = link
+        if self._connections:
+            self.stats.reconnects += 1
+        self._connections += 1
+        logger.info(
+            "proxy %s: connected to %s (%s)",
+            self.name,
+            self.url,
+            f"framed {self.subprotocol}" if framed else "plain format",
+        )
+        entry = self.runner.registry.get(self.local_worker_name)
+        if entry is not None:
+            self._announce(link, entry)
+        await self._call_event_handler("on_connected", connection)
+        info: CloseInfo | None = None
+        try:
+            info = await link.run()
+        finally:
+            self.close_info = info or CloseInfo(CloseCode.GOING_AWAY, "proxy stopped", True)
+            self._link = None
+            self._link_down()
+            latency = getattr(connection, "latency", None)
+            if latency:
+                self.stats.last_rtt = latency
+            if self.close_info.code == CloseCode.MESSAGE_TOO_BIG:
+                self.stats.oversized += 1
+            level = logging.INFO if self.close_info.normal else logging.WARNING
+            logger.log(
+                level,
+                "proxy %s: disconnected from %s (%d %s)",
+                self.name,
+                self.url,
+                self.close_info.code,
+                self.close_info.reason,
+            )
+            await self._call_event_handler("on_disconnected", connection)
+        return info
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    def _hold(self, message: BusMessage) -> None:
+        dropped = self._outbox.put_dropping_oldest(message)
+        if dropped:
+            self.stats.dropped += dropped
+            if self._outbox.overflowed == dropped or self._outbox.overflowed % 1000 == 0:
+                logger.warning(
+                    "proxy %s: outbox full (%d) while disconnected; dropped the oldest (%d so far)",
+                    self.name,
+                    self._outbox.max_size,
+                    self._outbox.overflowed,
+                )
+
+    async def on_worker_ready(self, entry: WorkerRegistryEntry) -> None:
+        link = self._link
+        if entry.name == self.local_worker_name and link is not None and not link.closing:
+            self._announce(link, entry)
