@@ -81,9 +81,16 @@ class Mailbox(Generic[_T]):
             self._putters.append(entry)
             try:
                 await waiter
-            finally:
+            except BaseException:
                 with contextlib.suppress(ValueError):
                     self._putters.remove(entry)
+                # Woken for room we will not use (cancelled, timed out): pass the wake-up on,
+                # or the next sender waits although there is room.
+                if not self._closed and len(lane) < limit:
+                    self._wake_putter(system)
+                raise
+            with contextlib.suppress(ValueError):
+                self._putters.remove(entry)
 
     async def get(self) -> _T:
         """Take the next item, system lane first; wait while both lanes are empty."""

@@ -37,6 +37,9 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     """A fault in this side's own code, or the peer stopped answering keepalive pings."""
 
+    SERVICE_RESTART = 1012
+    """The server is restarting (uvicorn closes open WebSockets with it on shutdown)."""
+
     TRY_AGAIN_LATER = 1013
     """The server is overloaded or not ready (the shared runner is not running)."""
 

@@ -11,6 +11,7 @@ Both are pure: no I/O, no asyncio.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -80,6 +81,9 @@ class InterestIndex(Generic[_S]):
 
     def __init__(self) -> None:
         self._interests: dict[_S, Interest] = {}
+        # Subscription order, to merge the groups of a message in that order.
+        self._order: dict[_S, int] = {}
+        self._counter = itertools.count()
         self._by_target: dict[str, dict[_S, None]] = {}
         self._by_source: dict[str, dict[_S, None]] = {}
         self._by_type: dict[type[BusMessage], dict[_S, None]] = {}
@@ -121,6 +125,7 @@ class InterestIndex(Generic[_S]):
         if subscriber in self._interests:
             self.remove(subscriber)
         self._interests[subscriber] = interest
+        self._order[subscriber] = next(self._counter)
         for name in interest.targets:
             self._by_target.setdefault(name, {})[subscriber] = None
         for name in interest.sources:
@@ -139,6 +144,7 @@ class InterestIndex(Generic[_S]):
         interest = self._interests.pop(subscriber, None)
         if interest is None:
             return
+        del self._order[subscriber]
         _discard_all(self._by_target, interest.targets, subscriber)
         _discard_all(self._by_source, interest.sources, subscriber)
         _discard_all(self._by_type, interest.types, subscriber)
@@ -176,7 +182,7 @@ class InterestIndex(Generic[_S]):
         for group in groups:
             for subscriber in group:
                 seen[subscriber] = None
-        return list(seen)
+        return sorted(seen, key=self._order.__getitem__)
 
     def _subscribers_of_type(self, cls: type[BusMessage]) -> tuple[_S, ...]:
         found: dict[_S, None] = {}
@@ -184,7 +190,7 @@ class InterestIndex(Generic[_S]):
             group = self._by_type.get(base)
             if group:
                 found.update(group)
-        result = tuple(found)
+        result = tuple(sorted(found, key=self._order.__getitem__))
         self._type_cache[cls] = result
         return result
 

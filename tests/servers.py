@@ -42,9 +42,23 @@ async def running_uvicorn(app: Any, port: int = 0, **options: Any) -> AsyncItera
     )
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    port = sock.getsockname()[1]
     try:
-        yield RunningServer(server, sock.getsockname()[1])
+        await asyncio.wait_for(_answered(port), 15)
+        yield RunningServer(server, port)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
         sock.close()
+
+
+async def _answered(port: int) -> None:
+    """Return once the server answers an HTTP request: its lifespan startup has run."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /__started__ HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()

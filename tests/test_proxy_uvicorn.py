@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -11,13 +12,15 @@ from fastapi import FastAPI, WebSocket
 
 from fastapi_busproxy import (
     BaseWorker,
+    BusDataMessage,
     BusJobRequestMessage,
+    BusMessage,
+    CloseCode,
     WebSocketProxyClient,
     WebSocketProxyServer,
     WorkerRunner,
 )
 from fastapi_busproxy.proxy import ReconnectPolicy
-
 from tests.servers import running_uvicorn
 
 pytestmark = pytest.mark.anyio
@@ -90,3 +93,227 @@ async def test_job_round_trip_client_to_server() -> None:
             ]
             assert proxy.subprotocol == "busproxy.v1.json"
             assert proxy.stats.messages_in >= 6
+
+
+class Voice(BaseWorker):
+    """A client-side worker that serves jobs too (readiness goes both ways)."""
+
+    async def on_job_request(self, message: BusJobRequestMessage) -> dict[str, Any] | None:
+        return {"heard": (message.payload or {}).get("say")}
+
+
+async def test_job_round_trip_server_to_client() -> None:
+    assistant = Assistant("assistant")
+    app, server_runner = make_server_app(assistant, "voice")
+    async with running_uvicorn(app) as server:
+        runner = WorkerRunner(name="client-runner")
+        proxy = WebSocketProxyClient(
+            "proxy",
+            url=server.url("/ws"),
+            remote_worker_name="assistant",
+            local_worker_name="voice",
+            active=True,
+            reconnect=FAST_RETRY,
+        )
+        async with runner:
+            await runner.add_workers(Voice("voice"), proxy)
+            # The server's worker waits until the client's worker is reported ready.
+            async with assistant.job("voice", payload={"say": "hi"}, timeout=10) as job:
+                pass
+            assert job.response == {"heard": "hi"}
+            assert (
+                server_runner.registry.origin_of(
+                    "voice",
+                )
+                is not None
+            )
+        # The client went away: its worker is no longer known on the server.
+        proxies = [w for w in server_runner.workers if isinstance(w, WebSocketProxyServer)]
+        for gateway in proxies:
+            await asyncio.wait_for(gateway.wait(), 10)
+        assert "voice" not in server_runner.registry
+
+
+@dataclass(kw_only=True)
+class Note(BusDataMessage):
+    n: int
+
+
+class Recorder(BaseWorker):
+    """Records the Notes it receives; ``reached(count)`` waits for that many."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.notes: list[int] = []
+        self._changed = asyncio.Event()
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if isinstance(message, Note):
+            self.notes.append(message.n)
+            self._changed.set()
+        else:
+            await super().on_bus_message(message)
+
+    async def reached(self, count: int) -> None:
+        while len(self.notes) < count:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+class Events:
+    """Counts proxy events and lets a test wait for the n-th one."""
+
+    def __init__(self, proxy: BaseWorker, *names: str) -> None:
+        self.seen: dict[str, list[tuple[Any, ...]]] = {name: [] for name in names}
+        self._changed = asyncio.Event()
+        for name in names:
+            proxy.add_event_handler(name, self._recorder(name))
+
+    def _recorder(self, name: str) -> Any:
+        async def record(worker: Any, *args: Any) -> None:
+            self.seen[name].append(args)
+            self._changed.set()
+
+        return record
+
+    async def wait(self, name: str, count: int = 1) -> None:
+        while len(self.seen[name]) < count:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+async def test_reconnect_flushes_outbox_in_order_after_server_restart() -> None:
+    first = Recorder("assistant")
+    app, _ = make_server_app(first, "voice")
+    client_runner = WorkerRunner(name="client-runner")
+    voice = BaseWorker("voice")
+    async with running_uvicorn(app) as server:
+        port = server.port
+        proxy = WebSocketProxyClient(
+            "proxy",
+            url=server.url("/ws"),
+            remote_worker_name="assistant",
+            local_worker_name="voice",
+            active=True,
+            reconnect=FAST_RETRY,
+        )
+        events = Events(proxy, "on_connected", "on_disconnected", "on_reconnecting")
+        await client_runner.start()
+        await client_runner.add_workers(voice, proxy)
+        await asyncio.wait_for(events.wait("on_connected"), 10)
+        await voice.send_bus_message(Note(source="voice", target="assistant", n=-1))
+        await asyncio.wait_for(first.reached(1), 10)
+    # The server is gone: the client notices, and keeps trying.
+    await asyncio.wait_for(events.wait("on_disconnected"), 10)
+    assert proxy.close_info is not None
+    assert proxy.close_info.code in (1001, 1012)
+    assert "assistant" not in client_runner.registry
+    await asyncio.wait_for(events.wait("on_reconnecting", 2), 10)
+    for n in range(200):
+        await voice.send_bus_message(Note(source="voice", target="assistant", n=n))
+
+    second = Recorder("assistant")
+    app2, _ = make_server_app(second, "voice")
+    async with running_uvicorn(app2, port=port):
+        await asyncio.wait_for(second.reached(200), 10)
+        assert second.notes == list(range(200))
+        assert proxy.stats.reconnects == 1
+        assert proxy.stats.dropped == 0
+        await asyncio.wait_for(client_runner.registry.wait_ready("assistant"), 10)
+        await client_runner.end()
+    assert proxy.queued == 0
+
+
+async def test_bad_frames_from_raw_client_over_uvicorn() -> None:
+    import websockets
+
+    from fastapi_busproxy import BusEndMessage, JSONMessageSerializer
+
+    codec = JSONMessageSerializer()
+    recorder = Recorder("assistant")
+    app, server_runner = make_server_app(recorder, "voice")
+    bad_frames: list[str | bytes] = [
+        "a text frame",
+        b"{not json",
+        b'{"__type__":"subprocess.Popen","__data__":{"args":["sh"]}}',
+        b'{"__type__":"pydantic.main.BaseModel","__data__":{}}',
+        codec.serialize(Note(source="intruder", target="assistant", n=666)),
+        codec.serialize(Note(source="voice", target="billing", n=667)),
+        codec.serialize(BusEndMessage(source="voice")),
+    ]
+    async with running_uvicorn(app) as server:
+        async with websockets.connect(server.url("/ws"), compression=None) as ws:
+            registry = codec.deserialize(await ws.recv())
+            assert type(registry).__name__ == "BusWorkerRegistryMessage"
+            for n, frame in enumerate(bad_frames):
+                await ws.send(frame)
+                await ws.send(codec.serialize(Note(source="voice", target="assistant", n=n)))
+            await asyncio.wait_for(recorder.reached(len(bad_frames)), 10)
+            assert recorder.notes == list(range(len(bad_frames)))
+            gateway = next(w for w in server_runner.workers if isinstance(w, WebSocketProxyServer))
+            assert gateway.stats.rejected == len(bad_frames)
+            assert gateway.connected
+        assert server_runner.state.value == "running"
+
+
+async def test_slow_reader_is_cut_off_by_policy_with_bounded_memory() -> None:
+    """A client that never reads: the server's queue stays bounded and the link is closed."""
+    import websockets
+
+    @dataclass(kw_only=True)
+    class Blob(BusDataMessage):
+        data: str
+
+    class Flooder(BaseWorker):
+        pass
+
+    flooder = Flooder("assistant")
+    runner = WorkerRunner(name="server-runner")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        async with runner:
+            await runner.add_workers(flooder)
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    proxies: list[WebSocketProxyServer] = []
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        proxy = WebSocketProxyServer(
+            "gateway",
+            websocket=websocket,
+            worker_name="assistant",
+            remote_worker_name="voice",
+            send_queue_size=50,
+            send_timeout=0.5,
+        )
+        proxies.append(proxy)
+        await runner.add_workers(proxy)
+        await proxy.wait()
+
+    payload = "x" * 65_536
+    async with running_uvicorn(app) as server:
+        # max_queue=1 and a tiny read limit: the client stops reading from the socket at once.
+        async with websockets.connect(
+            server.url("/ws"), compression=None, max_queue=1, max_size=None, close_timeout=1
+        ) as ws:
+            await asyncio.wait_for(runner.registry.wait_ready("gateway"), 10)
+            gateway = proxies[0]
+            events = Events(gateway, "on_client_disconnected")
+            peak = 0
+            sent = 0
+            # Bounded: at most 2,000 x 64 KiB are offered; the link must give up long before.
+            while gateway.connected and sent < 2_000:
+                await flooder.send_bus_message(
+                    Blob(source="assistant", target="voice", data=payload)
+                )
+                sent += 1
+                peak = max(peak, gateway.queued)
+            await asyncio.wait_for(events.wait("on_client_disconnected"), 10)
+            assert gateway.close_info is not None
+            assert gateway.close_info.code == CloseCode.PEER_TOO_SLOW
+            assert peak <= 50
+            assert sent < 2_000
+            del ws

@@ -91,7 +91,13 @@ class CloseInfo:
 
     @property
     def normal(self) -> bool:
-        return self.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
+        return self.code in _NORMAL_CODES
+
+
+# Closes that are part of normal operation: logged at INFO, not as warnings.
+_NORMAL_CODES = frozenset(
+    (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, 1005)
+)
 
 
 class _CloseLink(Exception):

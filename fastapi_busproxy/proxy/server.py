@@ -173,7 +173,7 @@ def _not_accepted(websocket: Any) -> bool:
 
 def _log_close(name: str, info: CloseInfo, left: int) -> None:
     lost = f"; {left} queued messages dropped" if left else ""
-    if info.normal or info.code in (1005, 1000):
+    if info.normal:
         logger.info("proxy %s: link closed (%d %s)%s", name, info.code, info.reason, lost)
     else:
         logger.warning("proxy %s: link closed (%d %s)%s", name, info.code, info.reason, lost)
