@@ -27,6 +27,8 @@ from .exceptions import (
 )
 from .interest import Interest
 from .jobs import Job, JobEvent
+from .lifespan import configure_bus, get_runner, runner_of
+from .links import include_bus_link
 from .messages import (
     BusActivateWorkerMessage,
     BusAddWorkerMessage,
@@ -68,15 +70,20 @@ from .proxy import (
     WebSocketProxyServer,
 )
 from .registry import WorkerRegistry
+from .routing import BusSession, bus_proxy_router, include_bus_proxy
 from .runner import WorkerRunner
+from .security import APIKeyHeaderAuth, BearerTokenAuth, Identity
 from .serializers import JSONMessageSerializer, MessageSerializer
+from .settings import BusProxySettings
 from .worker import BaseWorker, WorkerState
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "APIKeyHeaderAuth",
     "AsyncQueueBus",
     "BaseWorker",
+    "BearerTokenAuth",
     "BusActivateWorkerMessage",
     "BusAddWorkerMessage",
     "BusCancelMessage",
@@ -102,6 +109,8 @@ __all__ = [
     "BusLocalMessage",
     "BusMessage",
     "BusProxyError",
+    "BusProxySettings",
+    "BusSession",
     "BusSystemMessage",
     "BusUnavailableError",
     "BusWorkerErrorMessage",
@@ -114,6 +123,7 @@ __all__ = [
     "ForwardingRules",
     "FrameDirection",
     "HandshakeRejectedError",
+    "Identity",
     "InMemoryBus",
     "Interest",
     "JSONMessageSerializer",
@@ -142,6 +152,12 @@ __all__ = [
     "WorkerRegistryEntry",
     "WorkerRunner",
     "WorkerState",
+    "bus_proxy_router",
+    "configure_bus",
+    "get_runner",
+    "include_bus_link",
+    "include_bus_proxy",
     "register_wire_type",
+    "runner_of",
     "__version__",
 ]

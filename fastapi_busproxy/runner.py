@@ -19,6 +19,7 @@ peer never ends or cancels the runner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import signal
@@ -28,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from .bus import InMemoryBus, Subscription, WorkerBus
-from .exceptions import ConfigurationError, DuplicateWorkerError
+from .exceptions import BusError, ConfigurationError, DuplicateWorkerError
 from .interest import Interest
 from .messages import (
     BusAddWorkerMessage,
@@ -221,12 +222,34 @@ class WorkerRunner:
         await self._shutdown(cancel=False, reason=None)
 
     async def end(self, reason: str | None = None) -> None:
-        """End every worker after its queued messages, then stop the bus."""
-        await self._shutdown(cancel=False, reason=reason)
+        """End every worker after its queued messages, then stop the bus.
+
+        Called from a worker (its handler, or a task it owns), returns at once and the runner
+        ends in its own task: waiting there would wait for the caller itself.
+        """
+        if not await self._handed_off(BusEndMessage, reason):
+            await self._shutdown(cancel=False, reason=reason)
 
     async def cancel(self, reason: str | None = None) -> None:
-        """Stop every worker at once, then stop the bus."""
-        await self._shutdown(cancel=True, reason=reason)
+        """Stop every worker at once, then stop the bus.
+
+        Called from a worker (its handler, or a task it owns), returns at once as :meth:`end`.
+        """
+        if not await self._handed_off(BusCancelMessage, reason):
+            await self._shutdown(cancel=True, reason=reason)
+
+    async def _handed_off(
+        self, kind: type[BusEndMessage] | type[BusCancelMessage], reason: str | None
+    ) -> bool:
+        # Stopping a worker cancels or waits for its tasks, so a worker's own task cannot run
+        # the shutdown: the runner's delivery task does, on this (local) message.
+        current = asyncio.current_task()
+        if not any(current in worker._owned_tasks() for worker in self._workers.values()):
+            return False
+        if self._state in (RunnerState.RUNNING, RunnerState.ENDING):
+            with contextlib.suppress(BusError):
+                await self._bus.send(kind(source=self._name, target=self._name, reason=reason))
+        return True
 
     async def _shutdown(self, *, cancel: bool, reason: str | None) -> None:
         if self._state is RunnerState.FINISHED:

@@ -304,6 +304,15 @@ class BaseWorker(EventEmitter):
         await self._tasks.cancel_all()
         for job in list(self._requested.values()):
             job._finish(JobStatus.CANCELLED, None, f"requester {self._name!r} stopped")
+            # Nobody will read the answer: the serving worker stops too.
+            await self._send_quietly(
+                BusJobCancelMessage(
+                    source=self._name,
+                    target=job.target,
+                    job_id=job.job_id,
+                    reason="requester stopped",
+                )
+            )
         self._requested.clear()
         try:
             await self.on_stop()

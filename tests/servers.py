@@ -14,6 +14,8 @@ from typing import Any
 
 import uvicorn
 
+from fastapi_busproxy.serve import Server
+
 
 def listening_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -40,7 +42,8 @@ async def running_uvicorn(app: Any, port: int = 0, **options: Any) -> AsyncItera
     config = uvicorn.Config(
         app, log_level="warning", lifespan="on", ws="websockets-sansio", **options
     )
-    server = uvicorn.Server(config)
+    # Our Server closes bus links with 1001 before uvicorn's own shutdown (1012).
+    server = Server(config, app)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     port = sock.getsockname()[1]
     try:

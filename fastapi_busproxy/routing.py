@@ -1,0 +1,267 @@
+"""WebSocket routes that bridge each connection to the app's shared bus.
+
+::
+
+    app = FastAPI()
+    app.include_router(
+        bus_proxy_router("/ws", worker_name="assistant", remote_worker_name="voice",
+                         dependencies=[Depends(BearerTokenAuth())])
+    )
+    # or, in one call:
+    include_bus_proxy(app, "/ws", "assistant", remote_worker_name="voice")
+
+Each accepted connection gets a :class:`~fastapi_busproxy.proxy.server.WebSocketProxyServer`
+on the app's runner (see :mod:`fastapi_busproxy.lifespan`); when the connection ends, the proxy
+and the session's workers are removed.
+
+The route's dependencies run before the WebSocket is accepted: a dependency that raises
+``HTTPException`` answers the handshake with that HTTP status (the ready-made
+:mod:`~fastapi_busproxy.security` dependencies answer 403), and nothing reaches the bus.
+
+**Many sessions.** ``worker_name`` and ``remote_worker_name`` may be callables of the
+:class:`BusSession` (its path parameters, its authenticated ``identity``), so two clients do
+not collide. A connection for a remote worker name that is already connected is handled by
+``duplicate_policy``: ``"refuse"`` (the default) accepts and closes the newcomer with
+:attr:`~fastapi_busproxy.closecodes.CloseCode.DUPLICATE_SESSION` (4001); ``"replace"`` closes
+the older link with :attr:`~fastapi_busproxy.closecodes.CloseCode.SESSION_REPLACED` (4002) and
+serves the newcomer. ``session_workers`` creates workers (for example one assistant per caller)
+that live and die with the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, WebSocket
+from fastapi.params import Depends as DependsParam
+from starlette.responses import Response
+
+from .closecodes import CloseCode
+from .exceptions import ConfigurationError
+from .lifespan import _state, bus_lifespan, runner_of
+from .messages import BusMessage
+from .proxy.server import WebSocketProxyServer
+from .runner import RunnerState, WorkerRunner
+from .serializers import MessageSerializer
+from .worker import BaseWorker
+
+__all__ = ["BusSession", "bus_proxy_router", "include_bus_proxy"]
+
+logger = logging.getLogger(__name__)
+
+NameSource = str | Callable[["BusSession"], str | Awaitable[str]]
+"""A worker name, or a callable (sync or async) that derives it from the session."""
+
+SessionWorkers = Callable[["BusSession"], Iterable[BaseWorker] | Awaitable[Iterable[BaseWorker]]]
+
+
+@dataclass
+class BusSession:
+    """One accepted connection of a bus proxy route.
+
+    Attributes:
+        websocket: the connection.
+        identity: what the route's ``identity`` dependency returned (``None`` without one).
+        runner: the app's shared runner.
+        worker_name / remote_worker_name: the names this session uses, once resolved.
+        proxy: the session's proxy, once created.
+    """
+
+    websocket: WebSocket
+    identity: Any
+    runner: WorkerRunner
+    worker_name: str = ""
+    remote_worker_name: str = ""
+    proxy: WebSocketProxyServer | None = None
+
+    @property
+    def path_params(self) -> dict[str, Any]:
+        return dict(self.websocket.path_params)
+
+
+@dataclass
+class _Session:
+    proxy: WebSocketProxyServer | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class _Route:
+    worker_name: NameSource
+    remote_worker_name: NameSource
+    forward_messages: tuple[type[BusMessage], ...]
+    serializer: MessageSerializer | None
+    name: str
+    session_workers: SessionWorkers | None
+    duplicate_policy: Literal["refuse", "replace"] | None
+    proxy_options: dict[str, Any]
+
+
+async def _no_identity() -> None:
+    return None
+
+
+def bus_proxy_router(
+    path: str,
+    *,
+    worker_name: NameSource,
+    remote_worker_name: NameSource,
+    dependencies: Sequence[DependsParam] | None = None,
+    forward_messages: Iterable[type[BusMessage]] = (),
+    serializer: MessageSerializer | None = None,
+    name: str = "gateway",
+    identity: Callable[..., Any] | None = None,
+    session_workers: SessionWorkers | None = None,
+    duplicate_policy: Literal["refuse", "replace"] | None = None,
+    **proxy_options: Any,
+) -> APIRouter:
+    """A router with one WebSocket route at ``path`` that bridges connections to the bus.
+
+    Args:
+        path: the route's path (may have path parameters, e.g. ``"/ws/{caller}"``).
+        worker_name: the local worker the peer talks to (a name, or a callable of the
+            :class:`BusSession`).
+        remote_worker_name: the worker on the peer's side (a name, or a callable).
+        dependencies: FastAPI dependencies run before the WebSocket is accepted (auth).
+        forward_messages: extra message types forwarded by source (see the proxies).
+        serializer: the codec of the links (default JSON, compatible with the reference).
+        name: the route's name, and the prefix of each proxy's worker name
+            (``"<name>:<remote worker name>"``).
+        identity: a dependency whose result becomes :attr:`BusSession.identity`, for example
+            :class:`~fastapi_busproxy.security.BearerTokenAuth`; it authenticates as well.
+        session_workers: called with each session; the workers it returns are added before the
+            proxy and cancelled when the connection ends.
+        duplicate_policy: ``"refuse"`` or ``"replace"``; default from the settings.
+        **proxy_options: overrides of the settings' proxy options (``max_message_size``,
+            ``send_queue_size``, ``send_timeout``, ``ping_interval``...).
+
+    The router carries the app's runner lifespan: including it is enough to start and stop
+    the shared runner with the app.
+    """
+    if not path.startswith("/"):
+        raise ConfigurationError(f"path must start with '/', not {path!r}")
+    route = _Route(
+        worker_name=worker_name,
+        remote_worker_name=remote_worker_name,
+        forward_messages=tuple(forward_messages),
+        serializer=serializer,
+        name=name,
+        session_workers=session_workers,
+        duplicate_policy=duplicate_policy,
+        proxy_options=proxy_options,
+    )
+    router = APIRouter(lifespan=bus_lifespan)
+    identity_dependency = identity or _no_identity
+
+    async def bus_proxy_endpoint(
+        websocket: WebSocket, who: Any = Depends(identity_dependency)
+    ) -> None:
+        await _serve_session(websocket, who, route)
+
+    router.add_api_websocket_route(
+        path, bus_proxy_endpoint, name=name, dependencies=list(dependencies or ())
+    )
+    return router
+
+
+def include_bus_proxy(
+    app: FastAPI,
+    path: str,
+    worker_name: NameSource,
+    *,
+    remote_worker_name: NameSource,
+    **options: Any,
+) -> None:
+    """``app.include_router(bus_proxy_router(path, worker_name=..., ...))`` in one call."""
+    app.include_router(
+        bus_proxy_router(
+            path, worker_name=worker_name, remote_worker_name=remote_worker_name, **options
+        )
+    )
+
+
+async def _resolve(source: NameSource, session: BusSession, what: str) -> str:
+    value: Any = source(session) if callable(source) else source
+    if inspect.isawaitable(value):
+        value = await value
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must resolve to a non-empty str, not {value!r}")
+    return value
+
+
+async def _deny(websocket: WebSocket, status: int) -> None:
+    """Refuse the handshake with an HTTP status (403 where the server cannot send others)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(Response(status_code=status))
+    else:
+        await websocket.close(code=CloseCode.POLICY_VIOLATION)
+
+
+async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> None:
+    app = websocket.app
+    state = _state(app)
+    runner = runner_of(app)
+    if runner.state is not RunnerState.RUNNING:
+        logger.warning("refused a connection to %s: the runner is not running", route.name)
+        await _deny(websocket, 503)
+        return
+    session = BusSession(websocket=websocket, identity=identity, runner=runner)
+    try:
+        session.worker_name = await _resolve(route.worker_name, session, "worker_name")
+        session.remote_worker_name = await _resolve(
+            route.remote_worker_name, session, "remote_worker_name"
+        )
+    except Exception:
+        logger.exception("route %s could not name the session's workers", route.name)
+        await _deny(websocket, 500)
+        return
+    remote = session.remote_worker_name
+    policy = route.duplicate_policy or state.settings.duplicate_policy
+    while (existing := state.sessions.get(remote)) is not None:
+        if policy == "refuse":
+            logger.info("route %s: refused a second connection for %s", route.name, remote)
+            await websocket.accept()
+            await websocket.close(CloseCode.DUPLICATE_SESSION, f"{remote} is already connected")
+            return
+        logger.info("route %s: a new connection replaces the one of %s", route.name, remote)
+        if existing.proxy is not None:
+            await existing.proxy.close(CloseCode.SESSION_REPLACED, "replaced by a new connection")
+        await existing.done.wait()
+    entry = _Session()
+    state.sessions[remote] = entry
+    workers: list[BaseWorker] = []
+    try:
+        if route.session_workers is not None:
+            made = route.session_workers(session)
+            if inspect.isawaitable(made):
+                made = await made
+            workers = list(made)
+            await runner.add_workers(*workers)
+        options = {**state.settings.server_proxy_options(), **route.proxy_options}
+        proxy = WebSocketProxyServer(
+            f"{route.name}:{remote}",
+            websocket=websocket,
+            worker_name=session.worker_name,
+            remote_worker_name=remote,
+            forward_messages=route.forward_messages,
+            serializer=route.serializer,
+            **options,
+        )
+        entry.proxy = session.proxy = proxy
+        await runner.add_workers(proxy)
+        await proxy.wait()
+    except ConfigurationError:
+        logger.exception("route %s could not start the session of %s", route.name, remote)
+        if websocket.application_state.name == "CONNECTING":
+            await _deny(websocket, 409)
+    finally:
+        for worker in workers:
+            await worker.cancel("session ended")
+        if state.sessions.get(remote) is entry:
+            del state.sessions[remote]
+        entry.done.set()

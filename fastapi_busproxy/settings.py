@@ -1,0 +1,134 @@
+"""Configuration with pydantic-settings: every setting, its environment variable and default.
+
+Each field reads the environment variable ``BUSPROXY_<FIELD NAME>`` (``BUSPROXY_BUS_URL``,
+``BUSPROXY_MAX_MESSAGE_SIZE``...). Mappings and lists are given as JSON, for example
+``BUSPROXY_BEARER_TOKENS='{"s3cret-token": "alice"}'``. See ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .proxy.reconnect import ReconnectPolicy
+
+__all__ = ["BusProxySettings"]
+
+
+class BusProxySettings(BaseSettings):
+    """Settings of the bus, the proxies and the FastAPI integration."""
+
+    model_config = SettingsConfigDict(env_prefix="BUSPROXY_", extra="ignore")
+
+    # -- bus ---------------------------------------------------------------------------------
+    bus_url: str = Field(
+        "memory://",
+        description="Which bus the app shares: memory:// (one process) or redis://host:port/db.",
+    )
+    runner_name: str | None = Field(
+        None, description='Name of the app\'s runner (default "runner-<8 hex digits>").'
+    )
+    bus_queue_size: int = Field(
+        1000, ge=1, description="Data messages each subscriber's queue holds."
+    )
+    bus_system_queue_size: int = Field(
+        100, ge=1, description="System messages each subscriber's queue holds."
+    )
+    shutdown_timeout: float = Field(
+        10.0, ge=0, description="Seconds workers get to end gracefully before being cancelled."
+    )
+
+    # -- authentication ----------------------------------------------------------------------
+    bearer_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="Accepted bearer tokens, each mapped to the identity it authenticates.",
+    )
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Accepted API keys, each mapped to the identity it authenticates.",
+    )
+    api_key_header: str = Field("X-API-Key", description="Header that carries the API key.")
+    client_token: SecretStr | None = Field(
+        None, description="Bearer token outbound links send (Authorization header)."
+    )
+
+    # -- links -------------------------------------------------------------------------------
+    max_message_size: int = Field(
+        1_048_576, ge=1, description="Largest message a link accepts, in bytes (larger: 1009)."
+    )
+    send_queue_size: int = Field(
+        1000, ge=1, description="Messages queued for a peer (the client's outbox too)."
+    )
+    send_timeout: float = Field(
+        10.0, gt=0, description="Seconds a full send queue or stuck write is tolerated."
+    )
+    max_bad_frames: int = Field(
+        10, ge=1, description="Refused inbound messages in a row before a link is closed."
+    )
+    ping_interval: float | None = Field(
+        20.0, gt=0, description="Seconds between keepalive pings (None: no pings)."
+    )
+    ping_timeout: float | None = Field(
+        20.0, gt=0, description="Seconds a ping may go unanswered before the link is closed."
+    )
+    batching: bool = Field(
+        True, description="Batch queued messages into one WebSocket message with our peers."
+    )
+    duplicate_policy: Literal["refuse", "replace"] = Field(
+        "refuse",
+        description="A second connection for a connected worker name: refuse it, or replace "
+        "the first.",
+    )
+
+    # -- outbound links (client side) --------------------------------------------------------
+    open_timeout: float = Field(10.0, gt=0, description="Seconds allowed to open a connection.")
+    outbox_max_age: float | None = Field(
+        60.0, gt=0, description="Seconds a message may wait in the outbox while disconnected."
+    )
+    reconnect_initial_delay: float = Field(
+        0.5, ge=0, description="Wait after the first failed connect, in seconds."
+    )
+    reconnect_max_delay: float = Field(30.0, ge=0, description="Longest wait between tries.")
+    reconnect_max_attempts: int | None = Field(
+        None, ge=1, description="Failed tries in a row before giving up (None: never)."
+    )
+    compression: Literal["deflate"] | None = Field(
+        None, description='"deflate" for permessage-deflate on outbound links, or None.'
+    )
+
+    def reconnect_policy(self) -> ReconnectPolicy:
+        return ReconnectPolicy(
+            initial_delay=self.reconnect_initial_delay,
+            max_delay=max(self.reconnect_max_delay, self.reconnect_initial_delay),
+            max_attempts=self.reconnect_max_attempts,
+        )
+
+    def server_proxy_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`WebSocketProxyServer` these settings give."""
+        return {
+            "max_message_size": self.max_message_size,
+            "send_queue_size": self.send_queue_size,
+            "send_timeout": self.send_timeout,
+            "max_bad_frames": self.max_bad_frames,
+            "ping_interval": self.ping_interval,
+            "ping_timeout": self.ping_timeout,
+            "batching": self.batching,
+        }
+
+    def client_proxy_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`WebSocketProxyClient` these settings give."""
+        return {
+            "max_message_size": self.max_message_size,
+            "send_queue_size": self.send_queue_size,
+            "send_timeout": self.send_timeout,
+            "max_bad_frames": self.max_bad_frames,
+            "ping_interval": self.ping_interval,
+            "ping_timeout": self.ping_timeout,
+            "batching": self.batching,
+            "open_timeout": self.open_timeout,
+            "outbox_max_age": self.outbox_max_age,
+            "compression": self.compression,
+            "reconnect": self.reconnect_policy(),
+        }
