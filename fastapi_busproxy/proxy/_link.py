@@ -94,6 +94,8 @@ class CloseInfo:
         return self.code in _NORMAL_CODES
 
 
+_MAX_PENDING_PONGS = 16
+
 # Closes that are part of normal operation: logged at INFO, not as warnings.
 _NORMAL_CODES = frozenset(
     (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, 1005)
@@ -130,7 +132,10 @@ class Link:
         self.stats = stats
         self.config = config
         self._deliver = deliver
-        self._control: deque[bytes] = deque(maxlen=64)
+        # Frames that go ahead of the outbox: announcements, pongs, pings. Pongs are capped
+        # (see _MAX_PENDING_PONGS) so a peer flooding pings cannot grow this.
+        self._control: deque[bytes] = deque()
+        self._pending_pongs = 0
         self._close_info: CloseInfo | None = None
         self._bad_in_a_row = 0
         self._logged_refusals: set[str] = set()
@@ -230,8 +235,10 @@ class Link:
                 self._refuse("framing", str(exc), malformed=True)
                 continue
             if frame.kind is FrameKind.PING:
-                self._control.append(encode_pong(frame.token))
-                self.outbox.notify()
+                if self._pending_pongs < _MAX_PENDING_PONGS:
+                    self._pending_pongs += 1
+                    self._control.append(encode_pong(frame.token))
+                    self.outbox.notify()
             elif frame.kind is FrameKind.PONG:
                 stats.last_rtt = max(0.0, (time.monotonic_ns() - frame.token) / 1e9)
             else:
@@ -305,6 +312,8 @@ class Link:
                 data = control[0]
                 await self._timed_send(send, data)
                 control.popleft()
+                if data[0] == FrameKind.PONG:
+                    self._pending_pongs -= 1
                 continue
             expired = outbox.expire()
             if expired:

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections import deque
 
+from ..exceptions import ConfigurationError
 from ..messages import BusMessage
 
 
@@ -19,6 +20,10 @@ class Outbox:
     __slots__ = ("_items", "_room", "_signal", "expired", "max_age", "max_size", "overflowed")
 
     def __init__(self, max_size: int, max_age: float | None = None) -> None:
+        if max_size < 1:
+            raise ConfigurationError(f"a send queue holds at least 1 message, not {max_size}")
+        if max_age is not None and not max_age > 0:
+            raise ConfigurationError(f"outbox_max_age must be > 0 seconds or None, not {max_age}")
         self.max_size = max_size
         self.max_age = max_age
         self._items: deque[tuple[float, BusMessage]] = deque()

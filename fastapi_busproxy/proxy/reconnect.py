@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..exceptions import ConfigurationError
 
 __all__ = ["ReconnectPolicy"]
+
+_MAX_EXPONENT = 100  # 100 ** 100 is still a finite float
 
 # Handshake statuses that no retry will fix: the credentials are wrong.
 _FATAL_STATUSES = frozenset((401, 403))
@@ -35,10 +38,13 @@ class ReconnectPolicy:
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
+        numbers = (self.initial_delay, self.max_delay, self.multiplier, self.jitter)
+        if not all(math.isfinite(number) for number in numbers):
+            raise ConfigurationError("reconnect delays, multiplier and jitter must be finite")
         if self.initial_delay < 0 or self.max_delay < self.initial_delay:
             raise ConfigurationError("need 0 <= initial_delay <= max_delay")
-        if self.multiplier < 1:
-            raise ConfigurationError("multiplier must be >= 1")
+        if not 1 <= self.multiplier <= 100:
+            raise ConfigurationError("multiplier must be between 1 and 100")
         if not 0 <= self.jitter <= 1:
             raise ConfigurationError("jitter must be between 0 and 1")
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -46,7 +52,9 @@ class ReconnectPolicy:
 
     def delay(self, attempt: int, rand: float) -> float:
         """Seconds to wait after the ``attempt``-th consecutive failure; ``rand`` in [0, 1)."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+        # The exponent is capped so that a client retrying for days does not overflow.
+        exponent = min(max(0, attempt - 1), _MAX_EXPONENT)
+        base = min(self.max_delay, self.initial_delay * self.multiplier**exponent)
         return base * (1.0 - self.jitter) + base * self.jitter * rand
 
     def should_retry(self, attempt: int) -> bool:

@@ -1,0 +1,131 @@
+"""The public API: what ``fastapi_busproxy`` exports, and what stays in its modules."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import fastapi_busproxy
+
+EXPORTED = [
+    "APIKeyHeaderAuth",
+    "AsyncQueueBus",
+    "BaseWorker",
+    "BearerTokenAuth",
+    "BusActivateWorkerMessage",
+    "BusAddWorkerMessage",
+    "BusCancelMessage",
+    "BusCancelWorkerMessage",
+    "BusClosedError",
+    "BusDataMessage",
+    "BusDeactivateWorkerMessage",
+    "BusEndMessage",
+    "BusEndWorkerMessage",
+    "BusError",
+    "BusFrameMessage",
+    "BusFullError",
+    "BusJobCancelMessage",
+    "BusJobRequestMessage",
+    "BusJobResponseMessage",
+    "BusJobResponseUrgentMessage",
+    "BusJobStreamDataMessage",
+    "BusJobStreamEndMessage",
+    "BusJobStreamStartMessage",
+    "BusJobUpdateMessage",
+    "BusJobUpdateRequestMessage",
+    "BusJobUpdateUrgentMessage",
+    "BusLocalMessage",
+    "BusMessage",
+    "BusProxyError",
+    "BusProxySettings",
+    "BusSession",
+    "BusSystemMessage",
+    "BusUnavailableError",
+    "BusWorkerErrorMessage",
+    "BusWorkerReadyMessage",
+    "BusWorkerRegistryMessage",
+    "CloseCode",
+    "CloseInfo",
+    "ConfigurationError",
+    "DuplicateWorkerError",
+    "ForwardingRules",
+    "FrameDirection",
+    "HandshakeRejectedError",
+    "Identity",
+    "InMemoryBus",
+    "Interest",
+    "JSONMessageSerializer",
+    "Job",
+    "JobCancelledError",
+    "JobError",
+    "JobEvent",
+    "JobFailedError",
+    "JobStatus",
+    "JobTimeoutError",
+    "LinkClosedError",
+    "LinkStats",
+    "MessageDecodeError",
+    "MessageEncodeError",
+    "MessageSerializer",
+    "Overflow",
+    "ProxyError",
+    "ReconnectPolicy",
+    "SerializationError",
+    "Subscription",
+    "UnknownEventError",
+    "WebSocketProxyClient",
+    "WebSocketProxyServer",
+    "WorkerBus",
+    "WorkerRegistry",
+    "WorkerRegistryEntry",
+    "WorkerRunner",
+    "WorkerState",
+    "__version__",
+    "bus_proxy_router",
+    "configure_bus",
+    "get_runner",
+    "include_bus_link",
+    "include_bus_proxy",
+    "register_wire_type",
+    "runner_of",
+]
+
+# Public in their module, on purpose not re-exported by the package.
+MODULE_ONLY = {
+    "bus": {"DEFAULT_CAPACITY", "DEFAULT_SYSTEM_CAPACITY", "MessageHandler"},
+    "closecodes": set(),
+    "exceptions": set(),
+    "interest": {"InterestIndex"},
+    "jobs": {"DEFAULT_JOB_EVENT_BUFFER"},
+    "messages": {"is_local_only", "mark_origin", "wire_name_of", "wire_type"},
+    "proxy": {"HeadersProvider", "Refusal"},
+    "registry": {"RegistryWatch"},
+    "runner": {"RunnerState"},
+    "serializers": {"DEFAULT_MAX_DEPTH", "DEFAULT_MAX_SIZE"},
+    "worker": set(),
+}
+
+
+def test_the_package_exports_exactly_the_public_api() -> None:
+    assert sorted(fastapi_busproxy.__all__) == EXPORTED
+    assert len(set(fastapi_busproxy.__all__)) == len(fastapi_busproxy.__all__)
+
+
+def test_every_exported_name_is_importable() -> None:
+    for name in fastapi_busproxy.__all__:
+        assert getattr(fastapi_busproxy, name, None) is not None, name
+    namespace: dict[str, object] = {}
+    exec("from fastapi_busproxy import *", namespace)
+    assert set(EXPORTED) <= set(namespace)
+
+
+@pytest.mark.parametrize("module_name", sorted(MODULE_ONLY))
+def test_each_public_name_of_a_module_is_exported_or_known_to_stay_there(module_name: str) -> None:
+    module = importlib.import_module(f"fastapi_busproxy.{module_name}")
+    for name in module.__all__:
+        assert hasattr(module, name), f"{module_name}.__all__ lists {name!r}, which is missing"
+    not_exported = set(module.__all__) - set(fastapi_busproxy.__all__)
+    assert not_exported == MODULE_ONLY[module_name]
+    for name in set(module.__all__) & set(fastapi_busproxy.__all__):
+        assert getattr(fastapi_busproxy, name) is getattr(module, name), name

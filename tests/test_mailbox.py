@@ -1,0 +1,181 @@
+"""The bounded two-lane mailbox behind every subscription: order, capacity, waiting, closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from fastapi_busproxy._mailbox import Mailbox
+from fastapi_busproxy.exceptions import BusClosedError
+
+DATA = False
+SYSTEM = True
+
+
+async def yield_until_blocked(*tasks: asyncio.Task[object]) -> None:
+    """Let ``tasks`` run until they wait; fail if one of them finishes instead."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    for task in tasks:
+        assert not task.done(), f"{task.get_name()} should be waiting"
+
+
+def test_capacities_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Mailbox(0, 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        Mailbox(1, 0)
+
+
+@pytest.mark.anyio
+async def test_data_lane_is_fifo() -> None:
+    box: Mailbox[int] = Mailbox(10, 10)
+    for item in range(5):
+        assert box.offer(item, DATA)
+    assert len(box) == 5
+    assert [await box.get() for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert len(box) == 0
+
+
+@pytest.mark.anyio
+async def test_system_items_overtake_queued_data_and_stay_fifo() -> None:
+    box: Mailbox[str] = Mailbox(10, 10)
+    box.offer("d1", DATA)
+    box.offer("d2", DATA)
+    box.offer("s1", SYSTEM)
+    box.offer("d3", DATA)
+    box.offer("s2", SYSTEM)
+    assert [await box.get() for _ in range(5)] == ["s1", "s2", "d1", "d2", "d3"]
+
+
+def test_offer_refuses_when_its_lane_is_full_and_lanes_are_independent() -> None:
+    box: Mailbox[str] = Mailbox(2, 1)
+    assert box.offer("d1", DATA)
+    assert box.offer("d2", DATA)
+    assert not box.offer("d3", DATA)
+    # A full data lane does not block the system lane, and the other way round.
+    assert box.offer("s1", SYSTEM)
+    assert not box.offer("s2", SYSTEM)
+    assert len(box) == 3
+
+
+@pytest.mark.anyio
+async def test_get_waits_for_an_item() -> None:
+    box: Mailbox[str] = Mailbox(1, 1)
+    getter = asyncio.create_task(box.get())
+    await yield_until_blocked(getter)
+    box.offer("hello", DATA)
+    with anyio.fail_after(5):
+        assert await getter == "hello"
+
+
+@pytest.mark.anyio
+async def test_put_waits_for_room_then_queues() -> None:
+    box: Mailbox[str] = Mailbox(1, 1)
+    box.offer("first", DATA)
+    putter = asyncio.create_task(box.put("second", DATA))
+    await yield_until_blocked(putter)
+    assert len(box) == 1
+
+    assert await box.get() == "first"
+    with anyio.fail_after(5):
+        await putter
+    assert await box.get() == "second"
+
+
+@pytest.mark.anyio
+async def test_waiting_putters_keep_their_order_and_offer_does_not_jump_the_queue() -> None:
+    box: Mailbox[str] = Mailbox(1, 1)
+    box.offer("0", DATA)
+    first = asyncio.create_task(box.put("1", DATA))
+    await yield_until_blocked(first)
+    second = asyncio.create_task(box.put("2", DATA))
+    await yield_until_blocked(second)
+
+    assert await box.get() == "0"
+    # The freed slot belongs to the oldest waiting sender, not to a newcomer.
+    assert not box.offer("late", DATA)
+    with anyio.fail_after(5):
+        await first
+        assert await box.get() == "1"
+        await second
+        assert await box.get() == "2"
+
+
+@pytest.mark.anyio
+async def test_a_waiting_data_putter_does_not_hold_back_system_offers() -> None:
+    box: Mailbox[str] = Mailbox(1, 1)
+    box.offer("d0", DATA)
+    putter = asyncio.create_task(box.put("d1", DATA))
+    await yield_until_blocked(putter)
+    assert box.offer("s0", SYSTEM)
+    assert await box.get() == "s0"
+    putter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await putter
+
+
+@pytest.mark.anyio
+async def test_cancelled_put_does_not_queue() -> None:
+    box: Mailbox[str] = Mailbox(1, 1)
+    box.offer("kept", DATA)
+    putter = asyncio.create_task(box.put("abandoned", DATA))
+    await yield_until_blocked(putter)
+    putter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await putter
+    assert await box.get() == "kept"
+    assert len(box) == 0
+    assert box.offer("next", DATA), "the cancelled sender must not keep its place in line"
+
+
+@pytest.mark.anyio
+async def test_a_woken_putter_that_is_cancelled_passes_the_room_on() -> None:
+    box: Mailbox[str] = Mailbox(1, 1)
+    box.offer("0", DATA)
+    first = asyncio.create_task(box.put("1", DATA))
+    await yield_until_blocked(first)
+    second = asyncio.create_task(box.put("2", DATA))
+    await yield_until_blocked(second)
+
+    assert await box.get() == "0"  # wakes ``first``...
+    first.cancel()  # ...which gives up before it can use the room
+    with anyio.fail_after(5):
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await second
+    assert await box.get() == "2"
+
+
+@pytest.mark.anyio
+async def test_close_returns_what_was_queued_and_fails_everyone_waiting() -> None:
+    box: Mailbox[str] = Mailbox(1, 1)
+    box.offer("d", DATA)
+    box.offer("s", SYSTEM)
+    putter = asyncio.create_task(box.put("waiting", DATA))
+    await yield_until_blocked(putter)
+
+    assert box.close() == ["s", "d"]
+    assert box.closed
+    assert len(box) == 0
+    with anyio.fail_after(5), pytest.raises(BusClosedError):
+        await putter
+    with pytest.raises(BusClosedError):
+        box.offer("after", DATA)
+    with pytest.raises(BusClosedError):
+        await box.put("after", SYSTEM)
+    with pytest.raises(BusClosedError):
+        await box.get()
+    assert box.close() == [], "closing twice is harmless"
+
+
+@pytest.mark.anyio
+async def test_close_wakes_a_waiting_getter() -> None:
+    box: Mailbox[str] = Mailbox(1, 1)
+    getter = asyncio.create_task(box.get())
+    await yield_until_blocked(getter)
+    box.close()
+    with anyio.fail_after(5), pytest.raises(BusClosedError):
+        await getter

@@ -1,0 +1,364 @@
+"""WorkerRunner: adding workers, running and ending, the registry, and who may end the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import anyio
+import pytest
+
+from fastapi_busproxy import InMemoryBus, WorkerRunner
+from fastapi_busproxy.exceptions import ConfigurationError, DuplicateWorkerError
+from fastapi_busproxy.messages import (
+    BusAddWorkerMessage,
+    BusCancelMessage,
+    BusEndMessage,
+    BusMessage,
+    BusWorkerReadyMessage,
+    BusWorkerRegistryMessage,
+    WorkerRegistryEntry,
+    mark_origin,
+)
+from fastapi_busproxy.runner import RunnerState
+from tests.core_support import Hello, Probe, running, wait_finished
+
+pytestmark = pytest.mark.anyio
+
+
+async def start_run(runner: WorkerRunner, *ready: str, auto_end: bool = True) -> asyncio.Task[None]:
+    """Run ``runner`` in a task and wait until the workers ``ready`` are ready."""
+    task = asyncio.create_task(runner.run(auto_end=auto_end))
+    for name in ready:
+        await runner.registry.wait_ready(name, timeout=5)
+    return task
+
+
+async def finish(task: asyncio.Task[None]) -> None:
+    with anyio.fail_after(5):
+        await task
+
+
+async def test_defaults_and_a_given_bus() -> None:
+    runner = WorkerRunner()
+    assert re.fullmatch(r"runner-[0-9a-f]{8}", runner.name)
+    assert isinstance(runner.bus, InMemoryBus)
+    assert runner.state is RunnerState.CREATED
+    bus = InMemoryBus(capacity=5)
+    assert WorkerRunner(name="mine", bus=bus).bus is bus
+
+
+async def test_workers_added_before_the_start_start_with_the_runner() -> None:
+    runner = WorkerRunner(name="r")
+    worker = Probe("w")
+    await runner.add_workers(worker)
+    assert runner.get_worker("w") is worker
+    assert runner.workers == [worker]
+    assert "w" not in runner.registry
+
+    async with runner:
+        assert runner.state is RunnerState.RUNNING
+        assert runner.bus.running
+        assert "w" in runner.registry
+        entry = runner.registry.get("w")
+        assert entry == WorkerRegistryEntry(name="w", active=True, started_at=worker.started_at)
+        late = Probe("late")
+        await runner.add_workers(late)  # added while running: started at once
+        assert "late" in runner.registry
+    assert runner.state is RunnerState.FINISHED
+    assert not runner.bus.running
+    assert worker.finished
+    assert late.finished
+
+
+async def test_duplicate_names_are_refused() -> None:
+    runner = WorkerRunner()
+    with pytest.raises(DuplicateWorkerError):
+        await runner.add_workers(Probe("twin"), Probe("twin"))
+    assert runner.workers == []  # nothing of a refused call is added
+    await runner.add_workers(Probe("pending"))
+    with pytest.raises(DuplicateWorkerError):
+        await runner.add_workers(Probe("pending"))
+    async with runner:
+        await runner.add_workers(Probe("running"))
+        with pytest.raises(DuplicateWorkerError, match="running"):
+            await runner.add_workers(Probe("new"), Probe("running"))
+        assert runner.get_worker("new") is None
+        with pytest.raises(ConfigurationError):
+            await runner.add_workers("not a worker")  # type: ignore[arg-type]
+
+
+async def test_a_finished_worker_is_removed_and_its_name_can_be_used_again() -> None:
+    first = Probe("w")
+    async with running(first) as runner:
+        await first.end()
+        await wait_finished(first)
+        assert runner.get_worker("w") is None
+        assert "w" not in runner.registry
+        second = Probe("w")
+        await runner.add_workers(second)
+        assert runner.get_worker("w") is second
+        assert "w" in runner.registry
+
+
+async def test_run_returns_when_every_worker_has_finished() -> None:
+    runner = WorkerRunner()
+    a, b = Probe("a"), Probe("b")
+    await runner.add_workers(a, b)
+    task = await start_run(runner, "a", "b")
+    await a.end()
+    await wait_finished(a)
+    assert not task.done()
+    await b.cancel()
+    await finish(task)
+    assert runner.state is RunnerState.FINISHED
+    assert not runner.bus.running
+
+    with pytest.raises(ConfigurationError, match="runs once"):
+        await runner.start()
+    with pytest.raises(ConfigurationError):
+        await runner.add_workers(Probe("c"))
+
+
+async def test_run_without_workers_returns_at_once() -> None:
+    runner = WorkerRunner()
+    await finish(asyncio.create_task(runner.run()))
+    assert runner.state is RunnerState.FINISHED
+
+
+async def test_run_without_auto_end_runs_until_end() -> None:
+    runner = WorkerRunner()
+    worker = Probe("w")
+    await runner.add_workers(worker)
+    task = await start_run(runner, "w", auto_end=False)
+    await worker.end()
+    await wait_finished(worker)
+    await runner.add_workers(Probe("again"))  # still running: more workers may come
+    assert not task.done()
+    await runner.end("enough")
+    await finish(task)
+    assert runner.state is RunnerState.FINISHED
+    assert runner.workers == []
+
+
+async def test_end_lets_workers_finish_their_queue_cancel_does_not() -> None:
+    graceful, abrupt = Probe("graceful"), Probe("abrupt")
+    for worker in (graceful, abrupt):
+        runner = WorkerRunner()
+        await runner.add_workers(worker)
+        await runner.start()
+        worker.hold()
+        for text in ("1", "2", "3"):
+            await runner.bus.send(Hello(source="t", target=worker.name, text=text))
+        await worker.wait_received(1)
+        if worker is graceful:
+            ending = asyncio.create_task(runner.end("bye"))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not ending.done(), "end() waits for the worker to finish its queue"
+            worker.release()
+            await finish(ending)
+        else:
+            with anyio.fail_after(5):
+                await runner.cancel("now")
+        assert worker.finished
+        assert runner.state is RunnerState.FINISHED
+    assert graceful.texts() == ["1", "2", "3"]
+    assert abrupt.texts() == ["1"]
+
+
+async def test_cancelling_run_cancels_the_workers() -> None:
+    runner = WorkerRunner()
+    worker = Probe("w")
+    await runner.add_workers(worker)
+    task = await start_run(runner, "w")
+    task.cancel()
+    with anyio.fail_after(5), pytest.raises(asyncio.CancelledError):
+        await task
+    assert worker.finished
+    assert runner.state is RunnerState.FINISHED
+    assert not runner.bus.running
+
+
+async def test_async_with_cancels_the_workers_on_an_error() -> None:
+    runner = WorkerRunner()
+    worker = Probe("w")
+
+    async def app() -> None:
+        async with runner:
+            await runner.add_workers(worker)
+            worker.hold()
+            await runner.bus.send(Hello(source="t", target="w", text="1"))
+            await runner.bus.send(Hello(source="t", target="w", text="2"))
+            await worker.wait_received(1)
+            raise RuntimeError("app crashed")
+
+    with pytest.raises(RuntimeError, match="app crashed"):
+        await app()
+    assert worker.finished
+    assert worker.texts() == ["1"]
+    assert runner.state is RunnerState.FINISHED
+
+
+async def test_remote_workers_are_registered_by_links_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running(Probe("local")) as runner:
+        registry_message = BusWorkerRegistryMessage(
+            source="proxy",
+            runner="peer-runner",
+            workers=[WorkerRegistryEntry(name="far-1"), WorkerRegistryEntry(name="far-2")],
+        )
+        mark_origin(registry_message, "link-1")
+        await runner.bus.send(registry_message)
+        ready = BusWorkerReadyMessage(source="far-3", runner="peer-runner", active=True)
+        mark_origin(ready, "link-2")
+        await runner.bus.send(ready)
+        for name in ("far-1", "far-2", "far-3"):
+            await runner.registry.wait_ready(name, timeout=5)
+        entry = runner.registry.get("far-3")
+        assert entry is not None
+        assert entry.active
+        assert not runner.registry.is_local("far-1")
+        assert runner.registry.origin_of("far-1") == "link-1"
+
+        # A link going down takes exactly its own workers away.
+        assert sorted(runner.registry.unregister_origin("link-1")) == ["far-1", "far-2"]
+        assert "far-1" not in runner.registry
+        assert "far-3" in runner.registry
+        assert "local" in runner.registry
+
+        # A message sent in this process cannot register a phantom remote worker.
+        with caplog.at_level(logging.WARNING, logger="fastapi_busproxy.runner"):
+            await runner.bus.send(
+                BusWorkerRegistryMessage(
+                    source="liar", runner="x", workers=[WorkerRegistryEntry(name="phantom")]
+                )
+            )
+            # Registry messages are handled in order: once "marker" is in, "phantom" was seen.
+            marker = BusWorkerRegistryMessage(
+                source="proxy", runner="x", workers=[WorkerRegistryEntry(name="marker")]
+            )
+            mark_origin(marker, "link-2")
+            await runner.bus.send(marker)
+            await runner.registry.wait_ready("marker", timeout=5)
+        assert "phantom" not in runner.registry
+        assert any("liar" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_remote_worker_cannot_shadow_a_local_one() -> None:
+    local = Probe("w")
+    async with running(local) as runner:
+        assert not runner.registry.register_remote(WorkerRegistryEntry(name="w"), origin="link")
+        assert runner.registry.is_local("w")
+        assert runner.registry.unregister_origin("link") == []
+        assert "w" in runner.registry
+
+
+@pytest.mark.parametrize("target", [None, "test-runner"])
+async def test_a_local_end_message_ends_the_runner(target: str | None) -> None:
+    runner = WorkerRunner(name="test-runner")
+    worker = Probe("w")
+    await runner.add_workers(worker)
+    task = await start_run(runner, "w", auto_end=False)
+    await worker.send_bus_message(BusEndMessage(source="w", target=target, reason="done"))
+    await finish(task)
+    assert worker.finished
+    assert runner.state is RunnerState.FINISHED
+
+
+async def test_a_local_cancel_message_cancels_the_runner() -> None:
+    runner = WorkerRunner()
+    worker = Probe("w")
+    await runner.add_workers(worker)
+    task = await start_run(runner, "w", auto_end=False)
+    worker.hold()
+    await runner.bus.send(Hello(source="t", target="w", text="1"))
+    await runner.bus.send(Hello(source="t", target="w", text="2"))
+    await worker.wait_received(1)
+    await runner.bus.send(BusCancelMessage(source="t", reason="stop"))
+    await finish(task)
+    assert worker.finished
+    assert worker.texts() == ["1"]
+
+
+@pytest.mark.parametrize("how", ["end", "cancel"])
+@pytest.mark.parametrize("where", ["handler", "worker task"])
+async def test_a_worker_can_end_the_runner(how: str, where: str) -> None:
+    class Closer(Probe):
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if isinstance(message, Hello):
+                stop = self.runner.end if how == "end" else self.runner.cancel
+                if where == "handler":
+                    await stop(message.text)
+                else:
+                    self.spawn(stop(message.text), name="closing")
+            else:
+                await super().on_bus_message(message)
+
+    runner = WorkerRunner()
+    closer, other = Closer("closer"), Probe("other")
+    await runner.add_workers(closer, other)
+    task = await start_run(runner, "closer", "other", auto_end=False)
+    await runner.bus.send(Hello(source="t", target="closer", text="all done"))
+    await finish(task)
+    assert closer.finished
+    assert other.finished
+    assert runner.state is RunnerState.FINISHED
+
+
+async def test_an_end_message_for_a_worker_ends_only_that_worker() -> None:
+    a, b = Probe("a"), Probe("b")
+    async with running(a, b) as runner:
+        await runner.bus.send(BusEndMessage(source="t", target="a"))
+        await wait_finished(a)
+        assert not b.finished
+        assert runner.state is RunnerState.RUNNING
+
+
+async def test_end_and_cancel_from_a_remote_peer_are_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = Probe("w")
+    async with running(worker) as runner:
+        with caplog.at_level(logging.WARNING, logger="fastapi_busproxy.runner"):
+            for message in (
+                BusEndMessage(source="peer"),
+                BusEndMessage(source="peer", target=runner.name),
+                BusCancelMessage(source="peer"),
+                BusCancelMessage(source="peer", target=runner.name),
+            ):
+                mark_origin(message, "link")
+                await runner.bus.send(message)
+            # Sent after them in both lanes: once both are in, the runner has seen the four.
+            for marker, name in (
+                (BusWorkerReadyMessage(source="data-marker", runner="peer"), "data-marker"),
+                (
+                    BusWorkerRegistryMessage(
+                        source="proxy",
+                        runner="peer",
+                        workers=[WorkerRegistryEntry(name="system-marker")],
+                    ),
+                    "system-marker",
+                ),
+            ):
+                mark_origin(marker, "link")
+                await runner.bus.send(marker)
+                await runner.registry.wait_ready(name, timeout=5)
+        assert runner.state is RunnerState.RUNNING
+        assert runner.bus.running
+        assert not worker.finished
+        ignored = [r for r in caplog.records if "remote peers cannot end" in r.getMessage()]
+        assert len(ignored) == 4
+
+
+async def test_add_worker_message_adds_a_local_worker_only_from_this_process() -> None:
+    async with running() as runner:
+        remote = BusAddWorkerMessage(source="peer", worker=Probe("smuggled"))
+        mark_origin(remote, "link")
+        await runner.bus.send(remote)
+        await runner.bus.send(BusAddWorkerMessage(source="app", worker=Probe("added")))
+        await runner.registry.wait_ready("added", timeout=5)
+        assert runner.get_worker("smuggled") is None
+        assert "smuggled" not in runner.registry
