@@ -71,7 +71,7 @@ from .proxy import (
 )
 from .registry import WorkerRegistry
 from .routing import BusSession, bus_proxy_router, include_bus_proxy
-from .runner import WorkerRunner
+from .runner import RunnerState, WorkerRunner
 from .security import APIKeyHeaderAuth, BearerTokenAuth, Identity
 from .serializers import JSONMessageSerializer, MessageSerializer
 from .settings import BusProxySettings
@@ -142,6 +142,7 @@ __all__ = [
     "Overflow",
     "ProxyError",
     "ReconnectPolicy",
+    "RunnerState",
     "SerializationError",
     "Subscription",
     "UnknownEventError",

@@ -186,9 +186,11 @@ class WorkerBus(abc.ABC):
         """
         if not self._running:
             raise BusClosedError(f"cannot subscribe {name!r}: the bus is not running")
-        mailbox: Mailbox[BusMessage] = Mailbox(
-            capacity or self.capacity, system_capacity or self.system_capacity
-        )
+        capacity = self.capacity if capacity is None else capacity
+        system_capacity = self.system_capacity if system_capacity is None else system_capacity
+        if capacity < 1 or system_capacity < 1:
+            raise ConfigurationError(f"queue capacities of {name!r} must be at least 1")
+        mailbox: Mailbox[BusMessage] = Mailbox(capacity, system_capacity)
         subscription = Subscription(name, handler, interest, mailbox)
         subscription._task = asyncio.get_running_loop().create_task(
             subscription._run(), name=f"bus-delivery:{name}"

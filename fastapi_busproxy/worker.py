@@ -655,8 +655,16 @@ class BaseWorker(EventEmitter):
         assert isinstance(message, BusJobRequestMessage)
         if message.target != self._name:
             return
-        if message.job_id in self._served:
-            await self._refuse_job(message, f"job id {message.job_id!r} is already running")
+        running = self._served.get(message.job_id)
+        if running is not None:
+            if running.requester == message.source:
+                # A repeat of a running request: answering it would end the original job.
+                logger.warning(
+                    "worker %s ignored a repeated request for running job %s from %s",
+                    self._name, message.job_id, message.source,
+                )
+            else:
+                await self._refuse_job(message, f"job id {message.job_id!r} is already taken")
             return
         served = _ServedJob(requester=message.source, name=message.job_name)
         self._served[message.job_id] = served

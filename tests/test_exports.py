@@ -71,6 +71,7 @@ EXPORTED = [
     "Overflow",
     "ProxyError",
     "ReconnectPolicy",
+    "RunnerState",
     "SerializationError",
     "Subscription",
     "UnknownEventError",
@@ -101,7 +102,7 @@ MODULE_ONLY = {
     "messages": {"is_local_only", "mark_origin", "wire_name_of", "wire_type"},
     "proxy": {"HeadersProvider", "Refusal"},
     "registry": {"RegistryWatch"},
-    "runner": {"RunnerState"},
+    "runner": set(),
     "serializers": {"DEFAULT_MAX_DEPTH", "DEFAULT_MAX_SIZE"},
     "worker": set(),
 }

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from fastapi_busproxy import BaseWorker
+from fastapi_busproxy import BaseWorker, WorkerRunner
 from fastapi_busproxy.exceptions import (
     ConfigurationError,
     JobCancelledError,
@@ -477,3 +477,31 @@ async def test_many_workers_many_jobs_at_once() -> None:
             await servers[0].wait_cancelled()
             await servers[1].wait_cancelled()
         await assert_no_leaks(runner, *servers, *clients)
+
+
+async def test_a_repeated_request_does_not_end_the_running_job() -> None:
+    """A peer that sends the same request twice must not get the first one failed."""
+    from fastapi_busproxy import BusJobRequestMessage
+
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    class Server(BaseWorker):
+        async def on_job_request(self, message: BusJobRequestMessage) -> dict[str, Any]:
+            started.set()
+            await release.wait()
+            return {"ok": True}
+
+    runner = WorkerRunner()
+    caller = BaseWorker("caller")
+    await runner.add_workers(Server("server"), caller)
+    async with runner:
+        job = await caller.start_job("server", name="once", timeout=10)
+        with anyio.fail_after(5):
+            await started.wait()
+        await caller.send_bus_message(
+            BusJobRequestMessage(source="caller", target="server", job_id=job.job_id)
+        )
+        release.set()
+        with anyio.fail_after(5):
+            assert await job.wait() == {"ok": True}
