@@ -40,3 +40,20 @@ def test_code_block_runs(name: str, code: str, tmp_path: Path) -> None:
         timeout=50,
     )
     assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def test_every_setting_is_documented() -> None:
+    from fastapi_busproxy.settings import BusProxySettings
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    for name in BusProxySettings.model_fields:
+        assert f"`BUSPROXY_{name.upper()}`" in text, f"{name} is not in docs/configuration.md"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"^```bash\n(.*?)\n```", readme, re.S | re.M)
+    test_command = next(c for c in commands if "pytest" in c)
+    assert test_command in ci.splitlines()
+    assert any("example_app" in c for c in commands)
