@@ -158,6 +158,7 @@ class BaseWorker(EventEmitter):
         self._subscription: Subscription | None = None
         self._tasks = TaskSet(name)
         self._finished = asyncio.Event()
+        self._finishing: asyncio.Task[None] | None = None
         self._started_at: float | None = None
         self._watches: list[RegistryWatch] = []
         self._requested: dict[str, Job] = {}
@@ -286,11 +287,22 @@ class BaseWorker(EventEmitter):
         return self._state is WorkerState.FINISHED
 
     async def _finish(self, reason: str | None, *, cancelled: bool) -> None:
-        if self._state in (WorkerState.ENDING, WorkerState.FINISHED):
-            if asyncio.current_task() not in self._owned_tasks():
-                await self._finished.wait()
+        # Stopping runs in a task of its own: a caller that is cancelled meanwhile (an
+        # endpoint torn down at shutdown) cannot leave the worker half-stopped, and a caller
+        # that is one of the worker's own tasks (which stopping cancels) does not wait on
+        # itself.
+        if self._finishing is None:
+            if self._state is WorkerState.FINISHED:
+                return
+            self._state = WorkerState.ENDING
+            self._finishing = asyncio.get_running_loop().create_task(
+                self._stop(reason, cancelled=cancelled), name=f"{self._name}:stop"
+            )
+        if asyncio.current_task() in self._owned_tasks():
             return
-        self._state = WorkerState.ENDING
+        await asyncio.shield(self._finishing)
+
+    async def _stop(self, reason: str | None, *, cancelled: bool) -> None:
         logger.debug(
             "worker %s %s%s",
             self._name,
@@ -391,6 +403,8 @@ class BaseWorker(EventEmitter):
     # -- receiving ----------------------------------------------------------------------------
 
     async def _receive(self, message: BusMessage) -> None:
+        if self._state is WorkerState.ENDING:
+            return  # stopping: what is still queued is discarded
         if not self._active and not message.system and not isinstance(message, _WHILE_INACTIVE):
             if isinstance(message, BusJobRequestMessage):
                 await self._refuse_job(message, f"worker {self._name!r} is not active")
