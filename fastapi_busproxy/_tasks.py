@@ -51,10 +51,20 @@ class TaskSet:
                 "task %s of %s failed", task.get_name(), self.owner, exc_info=task.exception()
             )
 
-    async def cancel_all(self) -> None:
+    async def cancel_all(self, *, grace: float = 1.0, rounds: int = 10) -> None:
         current = asyncio.current_task()
-        tasks = [task for task in self._tasks if task is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        pending = {task for task in self._tasks if task is not current}
+        # Some libraries swallow a cancellation that lands in their I/O (redis-py does in
+        # pipelines): cancel again until the task ends, within a bounded wait.
+        for _ in range(rounds):
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        if pending:
+            logger.error(
+                "tasks of %s ignored cancellation: %s",
+                self.owner,
+                ", ".join(task.get_name() for task in pending),
+            )

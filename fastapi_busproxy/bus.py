@@ -26,12 +26,16 @@ import abc
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ._mailbox import Mailbox
 from ._tasks import cancel_and_wait
 from .exceptions import BusClosedError, BusFullError, ConfigurationError
 from .interest import Interest, InterestIndex
 from .messages import BusMessage, Overflow
+
+if TYPE_CHECKING:
+    from .registry import WorkerRegistry
 
 __all__ = [
     "AsyncQueueBus",
@@ -214,6 +218,9 @@ class WorkerBus(abc.ABC):
         task = subscription._task
         if task is not None:
             await cancel_and_wait(task)
+
+    def bind_registry(self, registry: WorkerRegistry) -> None:  # noqa: B027 (optional hook)
+        """Called by the runner before :meth:`start`: a cross-process bus shares it."""
 
     async def _interest_changed(self) -> None:  # noqa: B027 (optional hook)
         """Hook for backends that subscribe remotely to what local subscribers want."""

@@ -23,6 +23,8 @@ __all__ = ["RegistryWatch", "WorkerRegistry", "WorkerRegistryEntry"]
 logger = logging.getLogger(__name__)
 
 ReadyCallback = Callable[[WorkerRegistryEntry], None]
+ChangeListener = Callable[[str, WorkerRegistryEntry, "str | None"], None]
+"""``listener(change, entry, origin)``: change is ``"registered"`` or ``"unregistered"``."""
 
 
 @dataclass
@@ -59,6 +61,25 @@ class WorkerRegistry:
         self._records: dict[str, _Record] = {}
         self._watches: dict[str, list[RegistryWatch]] = {}
         self._waiters: dict[str, set[asyncio.Future[WorkerRegistryEntry]]] = {}
+        self._listeners: list[ChangeListener] = []
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(change, entry, origin)`` on every registration and removal.
+
+        Used by cross-process buses to share the registry; called synchronously.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _changed(self, change: str, entry: WorkerRegistryEntry, origin: str | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(change, entry, origin)
+            except Exception:
+                logger.exception("registry listener failed on %s %s", change, entry.name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._records
@@ -91,6 +112,7 @@ class WorkerRegistry:
 
     def register_local(self, entry: WorkerRegistryEntry) -> None:
         self._records[entry.name] = _Record(entry, None)
+        self._changed("registered", entry, None)
         self._notify(entry)
 
     def register_remote(self, entry: WorkerRegistryEntry, *, origin: str) -> bool:
@@ -113,6 +135,7 @@ class WorkerRegistry:
                 "worker %s is now reached through %s (was %s)", entry.name, origin, record.origin
             )
         self._records[entry.name] = _Record(entry, origin)
+        self._changed("registered", entry, origin)
         if record is None or record.origin != origin:
             self._notify(entry)
         return True
@@ -121,6 +144,7 @@ class WorkerRegistry:
         record = self._records.get(name)
         if record is not None:
             record.entry = replace(record.entry, active=active)
+            self._changed("registered", record.entry, record.origin)
 
     def unregister(self, name: str, *, origin: str | None = None) -> bool:
         """Forget ``name``; with ``origin``, only if that link brought it."""
@@ -128,13 +152,15 @@ class WorkerRegistry:
         if record is None or (origin is not None and record.origin != origin):
             return False
         del self._records[name]
+        self._changed("unregistered", record.entry, record.origin)
         return True
 
     def unregister_origin(self, origin: str) -> list[str]:
         """Forget every worker the link ``origin`` brought; returns their names."""
         names = self.names(origin=origin)
         for name in names:
-            del self._records[name]
+            record = self._records.pop(name)
+            self._changed("unregistered", record.entry, origin)
         return names
 
     def watch(self, name: str, callback: ReadyCallback) -> RegistryWatch:

@@ -260,8 +260,13 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
         if websocket.application_state.name == "CONNECTING":
             await _deny(websocket, 409)
     finally:
-        for worker in workers:
-            await worker.cancel("session ended")
+        # The endpoint may be torn down by cancellation: free the name first (no await), then
+        # stop the session's workers in a shielded wait, so neither step is cut short.
         if state.sessions.get(remote) is entry:
             del state.sessions[remote]
-        entry.done.set()
+        try:
+            if workers:
+                # Each worker stops in a task it owns, which goes on if we are cancelled here.
+                await asyncio.shield(asyncio.gather(*(w.cancel("session ended") for w in workers)))
+        finally:
+            entry.done.set()

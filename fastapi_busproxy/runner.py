@@ -177,6 +177,7 @@ class WorkerRunner:
             raise ConfigurationError(
                 f"runner {self._name!r} has {self._state.value}; a runner runs once"
             )
+        self._bus.bind_registry(self._registry)
         await self._bus.start()
         self._subscription = await self._bus.subscribe(
             self._name,

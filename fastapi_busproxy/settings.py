@@ -56,7 +56,7 @@ class BusProxySettings(BaseSettings):
 
     # -- links -------------------------------------------------------------------------------
     max_message_size: int = Field(
-        1_048_576, ge=1, description="Largest message a link accepts, in bytes (larger: 1009)."
+        1_048_576, ge=1024, description="Largest message a link accepts, in bytes (larger: 1009)."
     )
     send_queue_size: int = Field(
         1000, ge=1, description="Messages queued for a peer (the client's outbox too)."

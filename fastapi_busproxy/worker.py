@@ -675,7 +675,9 @@ class BaseWorker(EventEmitter):
                 # A repeat of a running request: answering it would end the original job.
                 logger.warning(
                     "worker %s ignored a repeated request for running job %s from %s",
-                    self._name, message.job_id, message.source,
+                    self._name,
+                    message.job_id,
+                    message.source,
                 )
             else:
                 await self._refuse_job(message, f"job id {message.job_id!r} is already taken")

@@ -233,10 +233,10 @@ def test_good_message_resets_the_bad_streak() -> None:
 
 
 def test_oversized_message_closes_with_1009() -> None:
-    app = App(max_message_size=1000)
+    app = App(max_message_size=2000)
     with TestClient(app.app) as client, client.websocket_connect("/ws") as ws:
         expect_registry(ws)
-        send(ws, Ping(source="voice", target="worker", text="x" * 2000))
+        send(ws, Ping(source="voice", target="worker", text="x" * 4000))
         with pytest.raises(WebSocketDisconnect) as info:
             ws.receive_bytes()
         assert info.value.code == CloseCode.MESSAGE_TOO_BIG

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..closecodes import CloseCode
+from ..exceptions import ConfigurationError
 from ..interest import Interest
 from ..messages import BusMessage, BusWorkerRegistryMessage, WorkerRegistryEntry
 from ..serializers import JSONMessageSerializer, MessageSerializer
@@ -17,6 +18,8 @@ from ._outbox import Outbox
 from .forwarding import ForwardingRules
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
+
+MIN_MESSAGE_SIZE = 1024
 
 
 class ProxyWorker(BaseWorker):
@@ -37,6 +40,11 @@ class ProxyWorker(BaseWorker):
         active: bool,
     ) -> None:
         super().__init__(name, active=active)
+        if config.max_message_size < MIN_MESSAGE_SIZE:
+            raise ConfigurationError(
+                f"max_message_size must be at least {MIN_MESSAGE_SIZE} bytes (the readiness"
+                f" announcement alone takes a few hundred), not {config.max_message_size}"
+            )
         self.rules = ForwardingRules.build(
             local_worker=local_worker,
             remote_worker=remote_worker,
