@@ -5,6 +5,9 @@ Subcommands run each side alone::
     python -m example_app                       # the demo, on a free local port; exits 0
     python -m example_app server --port 8000    # the assistant server
     python -m example_app client --url ws://127.0.0.1:8000/ws/alice --token demo-token
+
+Across processes (BUSPROXY_BUS_URL=redis://...): ``assistant`` runs the assistant alone on the
+Redis bus, and ``server --no-assistant`` a gateway without one (see docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -12,18 +15,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Sequence
 
 import uvicorn
 
-from fastapi_busproxy import BusProxySettings
+from fastapi_busproxy import BusProxySettings, WorkerRunner
+from fastapi_busproxy.lifespan import create_bus
 from fastapi_busproxy.serve import Server
 from fastapi_busproxy.serve import run as run_server
 
+from .assistant import Assistant
 from .client import QUESTIONS, run_client
 from .server import create_app
+
+
+async def run_assistant() -> None:
+    """The assistant in a process of its own, on the bus BUSPROXY_BUS_URL names."""
+    settings = BusProxySettings()
+    runner = WorkerRunner(name=settings.runner_name, bus=create_bus(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with runner:
+        await runner.add_workers(Assistant("assistant"))
+        print(f"[assistant] ready on {settings.bus_url}", flush=True)
+        await stop.wait()
 
 
 async def demo() -> int:
@@ -61,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = commands.add_parser("server", help="serve the assistant")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)
+    server.add_argument(
+        "--no-assistant", action="store_true", help="serve the route only (assistant elsewhere)"
+    )
+    commands.add_parser("assistant", help="run the assistant alone on the bus of BUSPROXY_BUS_URL")
     client = commands.add_parser("client", help="ask the assistant through a link")
     client.add_argument("--url", required=True, help="ws://host:port/ws/<your name>")
     client.add_argument("--token", default="demo-token")
@@ -69,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.command == "server":
-        run_server(create_app(), host=args.host, port=args.port)
+        app = create_app(with_assistant=not args.no_assistant)
+        run_server(app, host=args.host, port=args.port)
+        return 0
+    if args.command == "assistant":
+        asyncio.run(run_assistant())
         return 0
     if args.command == "client":
         name = args.url.rstrip("/").rsplit("/", 1)[-1]

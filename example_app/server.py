@@ -33,7 +33,18 @@ def caller_name(session: BusSession) -> str:
     return str(session.path_params["caller"])
 
 
-def create_app(settings: BusProxySettings | None = None) -> FastAPI:
+def create_gateway() -> FastAPI:
+    """The server app without an assistant of its own, for several processes on Redis::
+
+        uvicorn --factory example_app.server:create_gateway --workers 2
+
+    with ``BUSPROXY_BUS_URL=redis://...`` and an assistant elsewhere on the same Redis
+    (``python -m example_app assistant``).
+    """
+    return create_app(with_assistant=False)
+
+
+def create_app(settings: BusProxySettings | None = None, *, with_assistant: bool = True) -> FastAPI:
     """The example server app; ``settings`` default to the environment (``BUSPROXY_*``)."""
     settings = settings or BusProxySettings()
     if not settings.bearer_tokens:
@@ -42,7 +53,8 @@ def create_app(settings: BusProxySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Workers added here start with the app's runner.
-        await runner_of(app).add_workers(Assistant("assistant"))
+        if with_assistant:
+            await runner_of(app).add_workers(Assistant("assistant"))
         yield
 
     app = FastAPI(title="fastapi-busproxy example", lifespan=lifespan)
