@@ -73,7 +73,7 @@ from .registry import WorkerRegistry
 from .routing import BusSession, bus_proxy_router, include_bus_proxy
 from .runner import RunnerState, WorkerRunner
 from .security import APIKeyHeaderAuth, BearerTokenAuth, Identity
-from .serializers import JSONMessageSerializer, MessageSerializer
+from .serializers import JSONMessageSerializer, MessageSerializer, MsgpackMessageSerializer
 from .settings import BusProxySettings
 from .worker import BaseWorker, WorkerState
 
@@ -139,6 +139,7 @@ __all__ = [
     "MessageDecodeError",
     "MessageEncodeError",
     "MessageSerializer",
+    "MsgpackMessageSerializer",
     "Overflow",
     "ProxyError",
     "ReconnectPolicy",

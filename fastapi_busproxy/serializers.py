@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, ClassVar, Final
 
 import orjson
 
@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_SIZE",
     "JSONMessageSerializer",
     "MessageSerializer",
+    "MsgpackMessageSerializer",
 ]
 
 DEFAULT_MAX_SIZE: Final = 1_048_576
@@ -67,33 +68,13 @@ class MessageSerializer(abc.ABC):
         """
 
 
-class JSONMessageSerializer(MessageSerializer):
-    """The JSON wire format of the reference implementation, written and read with orjson.
+class _TreeSerializer(MessageSerializer):
+    """Shared by the formats: limits, the allowlist, and the safe message tree of ``_codec``.
 
-    Output is compact JSON in UTF-8, as ``{"__type__": ..., "__data__": {...}}``. Unlike the
-    reference, which escapes every non-ASCII character (``\\u00e9``), non-ASCII text is written
-    as UTF-8: any JSON reader, the reference's included, reads both. For ASCII content the
-    bytes are exactly the reference's, minus the ``id`` and ``name`` fields pipecat-ai 1.14
-    adds (which this side ignores when reading).
-
-    Args:
-        allowed_types: message classes that may be decoded; a class is accepted when it is one
-            of them or a subclass of one (so ``[BusSystemMessage]`` accepts every system
-            message, including ones defined later). The check also applies to messages nested
-            inside values. ``None`` (the default) accepts every registered message type.
-        max_size: largest payload accepted by :meth:`deserialize` and produced by
-            :meth:`serialize`, in bytes; a payload over it is refused before it is parsed.
-        max_depth: deepest nesting of JSON objects and arrays, the message's own envelope
-            being at depth 1 and its fields' object at depth 2. Applies to both directions, so
-            whatever this serializer writes, an equally configured peer can read.
-
-    Raises:
-        ConfigurationError: ``allowed_types`` is empty or lists something other than
-            non-local :class:`BusMessage` subclasses; ``max_size`` or ``max_depth`` is not a
-            positive int (``max_depth`` must be at least 2).
-
-    The instance is immutable and may be shared between links, tasks and threads.
+    Subclasses give the byte layer: ``_dump(tree)`` and ``_load(bytes)``.
     """
+
+    _bytes_as_base64: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -112,11 +93,6 @@ class JSONMessageSerializer(MessageSerializer):
         self._allowed = _allowed_set(allowed_types)
         self._max_size = max_size
         self._max_depth = max_depth
-
-    @property
-    def content_type(self) -> str:
-        """``"json"``."""
-        return "json"
 
     @property
     def allowed_types(self) -> frozenset[type[BusMessage]] | None:
@@ -143,7 +119,7 @@ class JSONMessageSerializer(MessageSerializer):
         )
 
     def serialize(self, message: BusMessage) -> bytes:
-        """Return ``message`` as compact UTF-8 JSON.
+        """Return ``message`` encoded.
 
         Raises:
             MessageEncodeError: the message is local-only (such as
@@ -153,11 +129,8 @@ class JSONMessageSerializer(MessageSerializer):
                 than ``max_depth`` or larger than ``max_size`` once encoded. The message names
                 the field.
         """
-        tree = to_tree(message, max_depth=self._max_depth)
-        try:
-            data = orjson.dumps(tree)
-        except orjson.JSONEncodeError as exc:
-            raise MessageEncodeError(f"cannot encode {type(message).__name__}: {exc}") from exc
+        tree = to_tree(message, bytes_as_base64=self._bytes_as_base64, max_depth=self._max_depth)
+        data = self._dump(tree, message)
         if len(data) > self._max_size:
             raise MessageEncodeError(
                 f"{type(message).__name__} is {len(data)} bytes once encoded, over "
@@ -202,16 +175,130 @@ class JSONMessageSerializer(MessageSerializer):
             )
         if size > self._max_size:
             raise self._too_big(size, "bytes")
-        try:
-            tree = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise MessageDecodeError(f"cannot parse the message as JSON: {exc}") from exc
+        tree = self._load(raw)
         return from_tree(tree, allowed=self._allowed, max_depth=self._max_depth)
 
     def _too_big(self, size: int, unit: str) -> MessageDecodeError:
         return MessageDecodeError(
             f"the message is {size} {unit}, over max_size={self._max_size}; not parsed"
         )
+
+    @abc.abstractmethod
+    def _dump(self, tree: dict[str, Any], message: BusMessage) -> bytes: ...
+
+    @abc.abstractmethod
+    def _load(self, raw: bytes | bytearray | memoryview) -> object: ...
+
+
+class JSONMessageSerializer(_TreeSerializer):
+    """The JSON wire format of the reference implementation, written and read with orjson.
+
+    Output is compact JSON in UTF-8, as ``{"__type__": ..., "__data__": {...}}``. Unlike the
+    reference, which escapes every non-ASCII character (``\\u00e9``), non-ASCII text is written
+    as UTF-8: any JSON reader, the reference's included, reads both. For ASCII content the
+    bytes are exactly the reference's, minus the ``id`` and ``name`` fields pipecat-ai 1.14
+    adds (which this side ignores when reading).
+
+    Args:
+        allowed_types: message classes that may be decoded; a class is accepted when it is one
+            of them or a subclass of one (so ``[BusSystemMessage]`` accepts every system
+            message, including ones defined later). The check also applies to messages nested
+            inside values. ``None`` (the default) accepts every registered message type.
+        max_size: largest payload accepted by :meth:`deserialize` and produced by
+            :meth:`serialize`, in bytes; a payload over it is refused before it is parsed.
+        max_depth: deepest nesting of JSON objects and arrays, the message's own envelope
+            being at depth 1 and its fields' object at depth 2. Applies to both directions, so
+            whatever this serializer writes, an equally configured peer can read.
+
+    Raises:
+        ConfigurationError: ``allowed_types`` is empty or lists something other than
+            non-local :class:`BusMessage` subclasses; ``max_size`` or ``max_depth`` is not a
+            positive int (``max_depth`` must be at least 2).
+
+    The instance is immutable and may be shared between links, tasks and threads.
+    """
+
+    @property
+    def content_type(self) -> str:
+        """``"json"``."""
+        return "json"
+
+    def _dump(self, tree: dict[str, Any], message: BusMessage) -> bytes:
+        try:
+            return orjson.dumps(tree)
+        except orjson.JSONEncodeError as exc:
+            raise MessageEncodeError(f"cannot encode {type(message).__name__}: {exc}") from exc
+
+    def _load(self, raw: bytes | bytearray | memoryview) -> object:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MessageDecodeError(f"cannot parse the message as JSON: {exc}") from exc
+
+
+class MsgpackMessageSerializer(_TreeSerializer):
+    """The same messages in MessagePack: ``bytes`` travel as they are, not in base64.
+
+    For links that carry binary payloads (audio frames), both ends of the link must use it:
+    the subprotocol ``busproxy.v1.msgpack`` is negotiated, and a reference peer, which only
+    speaks JSON, cannot. Needs the ``msgpack`` extra (``pip install 'fastapi-busproxy[msgpack]'``).
+
+    Arguments, limits and safety are those of :class:`JSONMessageSerializer`; text input is
+    refused (MessagePack is binary).
+
+    Raises:
+        ConfigurationError: the ``msgpack`` package is missing, or as for the JSON serializer.
+    """
+
+    _bytes_as_base64: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        allowed_types: Iterable[type[BusMessage]] | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        super().__init__(allowed_types=allowed_types, max_size=max_size, max_depth=max_depth)
+        try:
+            import msgpack
+        except ImportError as exc:
+            raise ConfigurationError(
+                "MsgpackMessageSerializer needs msgpack: pip install 'fastapi-busproxy[msgpack]'"
+            ) from exc
+        self._msgpack: Any = msgpack
+
+    @property
+    def content_type(self) -> str:
+        """``"msgpack"``."""
+        return "msgpack"
+
+    def deserialize(self, data: bytes | bytearray | memoryview | str) -> BusMessage:
+        if isinstance(data, str):
+            raise MessageDecodeError("a MessagePack message is binary; got text")
+        return super().deserialize(data)
+
+    def _dump(self, tree: dict[str, Any], message: BusMessage) -> bytes:
+        try:
+            return self._msgpack.packb(tree, use_bin_type=True)  # type: ignore[no-any-return]
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise MessageEncodeError(f"cannot encode {type(message).__name__}: {exc}") from exc
+
+    def _load(self, raw: bytes | bytearray | memoryview) -> object:
+        limit = self._max_size
+        try:
+            return self._msgpack.unpackb(
+                raw,
+                raw=False,
+                strict_map_key=True,
+                max_str_len=limit,
+                max_bin_len=limit,
+                max_array_len=limit,
+                max_map_len=limit,
+                max_ext_len=0,
+            )
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            raise MessageDecodeError(f"cannot parse the message as MessagePack: {exc}") from exc
 
 
 def _allowed_set(

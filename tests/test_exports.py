@@ -68,6 +68,7 @@ EXPORTED = [
     "MessageDecodeError",
     "MessageEncodeError",
     "MessageSerializer",
+    "MsgpackMessageSerializer",
     "Overflow",
     "ProxyError",
     "ReconnectPolicy",

@@ -317,3 +317,64 @@ async def test_slow_reader_is_cut_off_by_policy_with_bounded_memory() -> None:
             assert peak <= 50
             assert sent < 2_000
             del ws
+
+
+async def test_msgpack_links_negotiate_their_subprotocol_and_carry_bytes() -> None:
+    from fastapi_busproxy.serializers import MsgpackMessageSerializer
+    from tests.test_serializer_msgpack import Audio
+
+    received: list[bytes] = []
+
+    class AudioSink(Recorder):
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if isinstance(message, Audio):
+                received.append(message.pcm)
+                self.notes.append(len(received))
+                self._changed.set()
+            else:
+                await super().on_bus_message(message)
+
+    sink = AudioSink("assistant")
+    runner = WorkerRunner(name="server-runner")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        async with runner:
+            await runner.add_workers(sink)
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        proxy = WebSocketProxyServer(
+            "gateway",
+            websocket=websocket,
+            worker_name="assistant",
+            remote_worker_name="voice",
+            serializer=MsgpackMessageSerializer(),
+        )
+        await runner.add_workers(proxy)
+        await proxy.wait()
+
+    async with running_uvicorn(app) as server:
+        client_runner = WorkerRunner(name="client-runner")
+        voice = BaseWorker("voice")
+        proxy = WebSocketProxyClient(
+            "proxy",
+            url=server.url("/ws"),
+            remote_worker_name="assistant",
+            local_worker_name="voice",
+            serializer=MsgpackMessageSerializer(),
+            active=True,
+            reconnect=FAST_RETRY,
+        )
+        async with client_runner:
+            await client_runner.add_workers(voice, proxy)
+            await asyncio.wait_for(client_runner.registry.wait_ready("assistant"), 10)
+            frames = [bytes([n]) * 640 for n in range(20)]
+            for pcm in frames:
+                await voice.send_bus_message(Audio(source="voice", target="assistant", pcm=pcm))
+            await asyncio.wait_for(sink.reached(20), 10)
+            assert proxy.subprotocol == "busproxy.v1.msgpack"
+        assert received == frames
