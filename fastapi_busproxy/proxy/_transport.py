@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Protocol
 
+from websockets.exceptions import ConnectionClosed
+
 from ..closecodes import CloseCode
 
 
@@ -83,16 +85,12 @@ class WebsocketsTransport:
         self.websocket = connection
 
     async def receive(self) -> bytes | str:
-        from websockets.exceptions import ConnectionClosed
-
         try:
             return await self.websocket.recv()  # type: ignore[no-any-return]
         except ConnectionClosed as exc:
             raise _closed_from(exc) from exc
 
     async def send(self, data: bytes) -> None:
-        from websockets.exceptions import ConnectionClosed
-
         try:
             await self.websocket.send(data)
         except ConnectionClosed as exc:
