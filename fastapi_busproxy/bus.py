@@ -254,6 +254,11 @@ class WorkerBus(abc.ABC):
     async def _deliver_local(
         self, message: BusMessage, overflow: Overflow | None, timeout: float | None
     ) -> None:
+        if not self._running:
+            raise BusClosedError(
+                f"cannot send {type(message).__name__}: the bus is not running"
+                " (start the runner first)"
+            )
         recipients = self._index.recipients(message)
         if not recipients:
             return
@@ -315,11 +320,6 @@ class InMemoryBus(WorkerBus):
         overflow: Overflow | None = None,
         timeout: float | None = None,
     ) -> None:
-        if not self._running:
-            raise BusClosedError(
-                f"cannot send {type(message).__name__}: the bus is not running"
-                " (start the runner first)"
-            )
         await self._deliver_local(message, overflow, timeout)
 
 

@@ -49,7 +49,6 @@ import orjson
 from ._tasks import TaskSet
 from .bus import DEFAULT_CAPACITY, DEFAULT_SYSTEM_CAPACITY, WorkerBus
 from .exceptions import (
-    BusClosedError,
     BusFullError,
     BusUnavailableError,
     ConfigurationError,
@@ -262,11 +261,6 @@ class RedisBus(WorkerBus):
         overflow: Overflow | None = None,
         timeout: float | None = None,
     ) -> None:
-        if not self._running:
-            raise BusClosedError(
-                f"cannot send {type(message).__name__}: the bus is not running"
-                " (start the runner first)"
-            )
         await self._deliver_local(message, overflow, timeout)
         if is_local_only(message) or isinstance(message, _PROCESS_LOCAL_TYPES):
             return
@@ -473,6 +467,8 @@ class RedisBus(WorkerBus):
         mark_origin(message, origin if isinstance(origin, str) else _REMOTE + pid)
         try:
             await self._deliver_local(message, None, self.publish_timeout)
+        except BusClosedError:
+            return  # stopping
         except BusFullError as exc:
             self.stats.dropped += 1
             logger.warning("redis bus %s: %s", self.process_id, exc)
