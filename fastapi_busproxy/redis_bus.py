@@ -49,6 +49,7 @@ import orjson
 from ._tasks import TaskSet
 from .bus import DEFAULT_CAPACITY, DEFAULT_SYSTEM_CAPACITY, WorkerBus
 from .exceptions import (
+    BusClosedError,
     BusFullError,
     BusUnavailableError,
     ConfigurationError,
