@@ -84,7 +84,11 @@ class ProxyWorker(BaseWorker):
         link = self._link
         outbox = self._outbox
         if link is not None and not link.closing:
-            if outbox.put_nowait(message):
+            # Nothing else waiting for the link: write now. Otherwise queue, and the pump
+            # batches what has piled up.
+            subscription = self.subscription
+            idle = subscription is None or subscription.queued == 0
+            if (idle and await link.send_direct(message)) or outbox.put_nowait(message):
                 return
             try:
                 await asyncio.wait_for(outbox.wait_for_room(), self.link_config.send_timeout)

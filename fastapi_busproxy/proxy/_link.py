@@ -140,6 +140,8 @@ class Link:
         self._bad_in_a_row = 0
         self._logged_refusals: set[str] = set()
         self._send_started: float | None = None
+        self._write_lock = asyncio.Lock()
+        self._running = False
         self._last_received = time.monotonic()
 
     @property
@@ -168,6 +170,7 @@ class Link:
         Cancelling closes the connection with 1001 (going away).
         """
         loop = asyncio.get_running_loop()
+        self._running = True
         tasks = [
             loop.create_task(self._receive_pump(), name=f"{self.name}:receive"),
             loop.create_task(self._send_pump(), name=f"{self.name}:send"),
@@ -180,6 +183,7 @@ class Link:
                 self._close_info = CloseInfo(CloseCode.GOING_AWAY, "proxy stopped", by_us=True)
             raise
         finally:
+            self._running = False
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)
@@ -336,14 +340,7 @@ class Link:
                 try:
                     payload = serialize(message)
                 except MessageEncodeError as exc:
-                    stats.dropped += 1
-                    logger.error(
-                        "link %s: cannot send %s from %s: %s",
-                        self.name,
-                        type(message).__name__,
-                        message.source,
-                        exc,
-                    )
+                    self._encode_failed(message, exc)
                     continue
                 payloads.append(payload)
                 size += len(payload)
@@ -362,13 +359,56 @@ class Link:
                 stats.frames_out += 1
             outbox.pop(taken)
 
-    async def _timed_send(self, send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
-        # The watchdog closes the link if one write takes longer than send_timeout.
-        self._send_started = time.monotonic()
+    async def send_direct(self, message: BusMessage) -> bool:
+        """Write ``message`` now if the link is idle; ``False`` when it must be queued.
+
+        The fast path of a link with one message in flight: it saves the hand-over to the
+        send pump (a turn of the event loop). Idle means nothing queued or being written, so
+        order is kept; under load messages queue and are batched by the pump instead.
+        """
+        if (
+            not self._running
+            or self._write_lock.locked()
+            or self.outbox
+            or self._control
+            or self._close_info is not None
+        ):
+            return False
         try:
-            await send(data)
-        finally:
-            self._send_started = None
+            payload = self.serializer.serialize(message)
+        except MessageEncodeError as exc:
+            self._encode_failed(message, exc)
+            return True
+        data = encode_message(payload) if self.framed else payload
+        try:
+            await self._timed_send(self.transport.send, data)
+        except PeerClosed:
+            return False  # the caller queues it: a client's outbox keeps it for the next link
+        stats = self.stats
+        stats.messages_out += 1
+        stats.bytes_out += len(data)
+        stats.frames_out += 1
+        return True
+
+    def _encode_failed(self, message: BusMessage, exc: MessageEncodeError) -> None:
+        self.stats.dropped += 1
+        logger.error(
+            "link %s: cannot send %s from %s: %s",
+            self.name,
+            type(message).__name__,
+            message.source,
+            exc,
+        )
+
+    async def _timed_send(self, send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
+        # One write at a time, in the order asked (asyncio.Lock is FIFO). The watchdog closes
+        # the link if one write takes longer than send_timeout.
+        async with self._write_lock:
+            self._send_started = time.monotonic()
+            try:
+                await send(data)
+            finally:
+                self._send_started = None
 
     # -- watchdog -----------------------------------------------------------------------------
 
