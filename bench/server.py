@@ -1,0 +1,138 @@
+"""The servers the benchmarks talk to, each run in its own OS process.
+
+::
+
+    python -m bench.server --kind echo|bus --port P [--deflate on|off] [--serializer json|msgpack]
+
+``echo`` is the baseline: a plain FastAPI WebSocket endpoint ``/echo`` that sends every binary
+message back. ``bus`` serves ``include_bus_proxy(app, "/ws/{caller}", "echo", ...)`` on the
+in-memory bus, with an ``echo`` worker that sends every bench message back to its source.
+Both run on the same uvicorn settings (``ws="websockets-sansio"``, log level warning, the
+per-message-deflate setting given), on a socket bound here to 127.0.0.1 (``--port 0``: a free
+port). ``READY <port>`` is printed on stdout once the app's lifespan has started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, WebSocket
+
+from fastapi_busproxy import BaseWorker, BusMessage, include_bus_proxy, runner_of
+from fastapi_busproxy.serve import Server
+
+from .messages import BENCH_TYPES, make_serializer
+
+HOST = "127.0.0.1"
+BACKLOG = 4096
+
+
+class Echo(BaseWorker):
+    """Sends every bench message back to the worker that sent it (one reply per caller)."""
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if isinstance(message, BENCH_TYPES):
+            await self.send_bus_message(
+                dataclasses.replace(message, source=self.name, target=message.source)
+            )
+            return
+        await super().on_bus_message(message)
+
+
+def echo_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.websocket("/echo")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        async for data in websocket.iter_bytes():
+            await websocket.send_bytes(data)
+
+    return app
+
+
+def bus_app(serializer: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runner_of(app).add_workers(Echo("echo"))
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    include_bus_proxy(
+        app,
+        "/ws/{caller}",
+        "echo",
+        remote_worker_name=lambda session: session.path_params["caller"],
+        serializer=make_serializer(serializer),
+    )
+    return app
+
+
+def announce_when_started(app: FastAPI, port: int, check: Any = None) -> None:
+    """Print ``READY <port>`` once the whole lifespan (the bus runner's too) has started."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        async with inner(app_) as state:
+            if check is not None:
+                check(app_)
+            print(f"READY {port}", flush=True)
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
+def _echo_registered(app: FastAPI) -> None:
+    if "echo" not in runner_of(app).registry:
+        raise RuntimeError("the echo worker is not ready")
+
+
+def bound_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, port))
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__)
+    parser.add_argument("--kind", choices=("echo", "bus"), required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--deflate", choices=("on", "off"), default="off")
+    parser.add_argument("--serializer", choices=("json", "msgpack"), default="json")
+    args = parser.parse_args(argv)
+
+    sock = bound_socket(args.port)
+    port = sock.getsockname()[1]
+    if args.kind == "echo":
+        app = echo_app()
+        announce_when_started(app, port)
+    else:
+        app = bus_app(args.serializer)
+        announce_when_started(app, port, _echo_registered)
+    config = uvicorn.Config(
+        app,
+        ws="websockets-sansio",
+        ws_per_message_deflate=args.deflate == "on",
+        log_level="warning",
+        lifespan="on",
+        backlog=BACKLOG,
+    )
+    # run() picks the event loop as `uvicorn app:app` does (uvloop when installed).
+    Server(config, app).run(sockets=[sock])
+    sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
