@@ -3,6 +3,8 @@
 The public API is what ``__all__`` lists; everything else is private and may change.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .bus import AsyncQueueBus, InMemoryBus, Subscription, WorkerBus
 from .closecodes import CloseCode
 from .exceptions import (
@@ -74,10 +76,22 @@ from .routing import BusSession, bus_proxy_router, include_bus_proxy
 from .runner import RunnerState, WorkerRunner
 from .security import APIKeyHeaderAuth, BearerTokenAuth, Identity
 from .serializers import JSONMessageSerializer, MessageSerializer, MsgpackMessageSerializer
-from .settings import BusProxySettings
 from .worker import BaseWorker, WorkerState
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .settings import BusProxySettings
+
+
+def __getattr__(name: str) -> Any:
+    # BusProxySettings is imported on first use: pydantic-settings would otherwise be a third
+    # of the time `import fastapi_busproxy` takes, for apps that never read the environment.
+    if name == "BusProxySettings":
+        from .settings import BusProxySettings
+
+        return BusProxySettings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "APIKeyHeaderAuth",

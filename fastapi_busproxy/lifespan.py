@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
 
@@ -30,7 +30,9 @@ from .bus import InMemoryBus, WorkerBus
 from .closecodes import CloseCode
 from .exceptions import ConfigurationError
 from .runner import RunnerState, WorkerRunner
-from .settings import BusProxySettings
+
+if TYPE_CHECKING:  # pydantic-settings is imported on first use: it is a third of our import time
+    from .settings import BusProxySettings
 
 __all__ = [
     "bus_lifespan",
@@ -61,6 +63,8 @@ class _BusState:
 def _state(app: Any) -> _BusState:
     state: _BusState | None = getattr(app.state, STATE_KEY, None)
     if state is None:
+        from .settings import BusProxySettings
+
         state = _BusState(settings=BusProxySettings())
         setattr(app.state, STATE_KEY, state)
     return state

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI
 
@@ -30,14 +30,19 @@ from .lifespan import bus_lifespan, runner_of, settings_of
 from .messages import BusMessage
 from .proxy.client import HeadersProvider, WebSocketProxyClient
 from .serializers import MessageSerializer
-from .settings import BusProxySettings
+
+if TYPE_CHECKING:
+    from .settings import BusProxySettings
 
 __all__ = ["bearer_headers", "include_bus_link"]
 
 
 def bearer_headers(settings: BusProxySettings | None = None) -> dict[str, str] | None:
     """``{"Authorization": "Bearer <client_token>"}`` from the settings, or ``None``."""
-    settings = settings or BusProxySettings()
+    if settings is None:
+        from .settings import BusProxySettings
+
+        settings = BusProxySettings()
     if settings.client_token is None:
         return None
     return {"Authorization": f"Bearer {settings.client_token.get_secret_value()}"}

@@ -20,13 +20,16 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection
 
 from .closecodes import CloseCode
 from .exceptions import ConfigurationError
-from .settings import BusProxySettings
+
+if TYPE_CHECKING:
+    from .settings import BusProxySettings
 
 __all__ = ["APIKeyHeaderAuth", "BearerTokenAuth", "Identity"]
 
@@ -42,6 +45,12 @@ class Identity:
 
     name: str
     scheme: str
+
+
+def _environment_settings() -> BusProxySettings:
+    from .settings import BusProxySettings  # on first use: pydantic-settings is slow to import
+
+    return BusProxySettings()
 
 
 def _secrets(
@@ -96,7 +105,7 @@ class BearerTokenAuth:
         settings: BusProxySettings | None = None,
     ) -> None:
         if tokens is None:
-            settings = settings or BusProxySettings()
+            settings = settings or _environment_settings()
         self._tokens = _secrets(tokens, settings.bearer_tokens if settings else {}, "tokens")
 
     async def __call__(self, connection: HTTPConnection) -> Identity:
@@ -130,7 +139,7 @@ class APIKeyHeaderAuth:
         settings: BusProxySettings | None = None,
     ) -> None:
         if keys is None or header is None:
-            settings = settings or BusProxySettings()
+            settings = settings or _environment_settings()
         self.header = header or (settings.api_key_header if settings else "X-API-Key")
         self._keys = _secrets(keys, settings.api_keys if settings else {}, "API keys")
 

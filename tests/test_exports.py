@@ -131,3 +131,26 @@ def test_each_public_name_of_a_module_is_exported_or_known_to_stay_there(module_
     assert not_exported == MODULE_ONLY[module_name]
     for name in set(module.__all__) & set(fastapi_busproxy.__all__):
         assert getattr(fastapi_busproxy, name) is getattr(module, name), name
+
+
+def test_importing_the_package_leaves_pydantic_settings_for_later() -> None:
+    # A fresh interpreter: here the test session has long imported everything.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fastapi_busproxy\n"
+        "assert 'pydantic_settings' not in sys.modules, 'imported at once'\n"
+        "from fastapi_busproxy import BusProxySettings\n"
+        "assert BusProxySettings.__module__ == 'fastapi_busproxy.settings'\n"
+        "try:\n"
+        "    fastapi_busproxy.NoSuchName\n"
+        "except AttributeError as exc:\n"
+        "    assert 'NoSuchName' in str(exc)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
