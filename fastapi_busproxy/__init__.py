@@ -93,6 +93,7 @@ def __getattr__(name: str) -> Any:
         return BusProxySettings
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "APIKeyHeaderAuth",
     "AsyncQueueBus",

@@ -18,6 +18,13 @@ applies: ``WAIT`` (the default: ``send()`` waits for room, up to ``timeout``, th
 :class:`~fastapi_busproxy.exceptions.BusFullError`) or ``DROP`` (the message is not queued for
 that recipient; the drop is counted on the subscription and logged). System messages always
 wait. Recipients with room get the message at once; only full ones make the sender wait.
+
+A subscriber may also give a *direct* handler: the sender's task calls it when that
+subscriber has nothing queued and is not handling a message, and when it returns ``True`` the
+message skips the queue. Proxies use it to write to an idle WebSocket at once, without the
+hand-over to their delivery task (a turn of the event loop per message, in each direction).
+Order is kept: a message goes direct only when nothing sent to the subscriber before it is
+still waiting.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
     "AsyncQueueBus",
     "DEFAULT_CAPACITY",
     "DEFAULT_SYSTEM_CAPACITY",
+    "DirectHandler",
     "InMemoryBus",
     "MessageHandler",
     "Subscription",
@@ -50,6 +58,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[BusMessage], Awaitable[None]]
+
+DirectHandler = Callable[[BusMessage], Awaitable[bool]]
+"""Handles a message in the sender's task; ``False``: queue it as usual instead."""
 
 DEFAULT_CAPACITY = 1000
 """Data messages a subscriber's queue holds before the overflow policy applies."""
@@ -72,7 +83,10 @@ class Subscription:
     """
 
     __slots__ = (
+        "_direct",
         "_handler",
+        "_handling",
+        "_in_direct",
         "_task",
         "delivered",
         "dropped",
@@ -83,12 +97,20 @@ class Subscription:
     )
 
     def __init__(
-        self, name: str, handler: MessageHandler, interest: Interest, mailbox: Mailbox[BusMessage]
+        self,
+        name: str,
+        handler: MessageHandler,
+        interest: Interest,
+        mailbox: Mailbox[BusMessage],
+        direct: DirectHandler | None = None,
     ) -> None:
         self.name = name
         self.interest = interest
         self.mailbox = mailbox
         self._handler = handler
+        self._direct = direct
+        self._handling = False  # the delivery task has a message in hand
+        self._in_direct = False  # a sender is in the direct handler
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
         self.dropped = 0
@@ -114,20 +136,52 @@ class Subscription:
                 message = await mailbox.get()
             except BusClosedError:
                 return
+            self._handling = True
             try:
                 await handler(message)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.errors += 1
-                logger.exception(
-                    "subscriber %s failed on %s from %s; delivery goes on",
-                    self.name,
-                    type(message).__name__,
-                    message.source,
-                )
+                self._failed(message)
             else:
                 self.delivered += 1
+            finally:
+                self._handling = False
+
+    @property
+    def _may_go_direct(self) -> bool:
+        return (
+            self._direct is not None
+            and not self._handling
+            and not self._in_direct
+            and not self.mailbox
+        )
+
+    async def _try_direct(self, message: BusMessage) -> bool:
+        """Offer ``message`` to the direct handler (the caller checked it may go direct)."""
+        assert self._direct is not None
+        self._in_direct = True
+        try:
+            taken = await self._direct(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._failed(message)
+            return True  # handled, badly: like a handler that raised, it is not redelivered
+        finally:
+            self._in_direct = False
+        if taken:
+            self.delivered += 1
+        return taken
+
+    def _failed(self, message: BusMessage) -> None:
+        self.errors += 1
+        logger.exception(
+            "subscriber %s failed on %s from %s; delivery goes on",
+            self.name,
+            type(message).__name__,
+            message.source,
+        )
 
 
 class WorkerBus(abc.ABC):
@@ -180,8 +234,15 @@ class WorkerBus(abc.ABC):
         *,
         capacity: int | None = None,
         system_capacity: int | None = None,
+        direct: DirectHandler | None = None,
     ) -> Subscription:
         """Deliver the messages ``interest`` selects to ``handler``, one at a time.
+
+        ``direct``, if given, is tried first, in the sender's task, whenever the subscriber
+        has nothing queued and nothing in hand (see the module documentation); it must not
+        wait long, and returns ``False`` to have the message queued for ``handler``. If it
+        does wait, later messages go to ``handler`` meanwhile: keeping them in order is then
+        the subscriber's job (a proxy's link writes one message at a time, in turn).
 
         Returns the :class:`Subscription`, to pass to :meth:`unsubscribe`.
 
@@ -195,7 +256,7 @@ class WorkerBus(abc.ABC):
         if capacity < 1 or system_capacity < 1:
             raise ConfigurationError(f"queue capacities of {name!r} must be at least 1")
         mailbox: Mailbox[BusMessage] = Mailbox(capacity, system_capacity)
-        subscription = Subscription(name, handler, interest, mailbox)
+        subscription = Subscription(name, handler, interest, mailbox, direct)
         subscription._task = asyncio.get_running_loop().create_task(
             subscription._run(), name=f"bus-delivery:{name}"
         )
@@ -267,6 +328,10 @@ class WorkerBus(abc.ABC):
         for subscription in recipients:
             mailbox = subscription.mailbox
             if mailbox.closed:
+                continue
+            if subscription._may_go_direct and (
+                await subscription._try_direct(message) or mailbox.closed
+            ):
                 continue
             if mailbox.offer(message, system):
                 continue

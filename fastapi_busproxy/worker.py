@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._events import EventEmitter
 from ._tasks import TaskSet
-from .bus import Subscription, WorkerBus
+from .bus import DirectHandler, Subscription, WorkerBus
 from .exceptions import (
     BusError,
     ConfigurationError,
@@ -234,7 +234,7 @@ class BaseWorker(EventEmitter):
         self._runner = runner
         self._state = WorkerState.STARTING
         self._subscription = await runner.bus.subscribe(
-            self._name, self._receive, self.bus_interest()
+            self._name, self._receive, self.bus_interest(), direct=self._direct_handler()
         )
         try:
             await self.on_start()
@@ -401,6 +401,14 @@ class BaseWorker(EventEmitter):
         """Hook: a watched worker is ready."""
 
     # -- receiving ----------------------------------------------------------------------------
+
+    def _direct_handler(self) -> DirectHandler | None:
+        """The bus's fast path for this worker (see :class:`~fastapi_busproxy.bus.WorkerBus`).
+
+        Workers run their handlers in their own task, so none by default; proxies write to an
+        idle link from the sender's task.
+        """
+        return None
 
     async def _receive(self, message: BusMessage) -> None:
         if self._state is WorkerState.ENDING:

@@ -204,6 +204,74 @@ async def test_a_raising_handler_does_not_stop_its_delivery(
     assert isinstance(record.exc_info[1], RuntimeError)
 
 
+class Direct:
+    """A direct handler that takes even-numbered notes and records them."""
+
+    def __init__(self) -> None:
+        self.taken: list[int] = []
+        self.fail_on: int | None = None
+
+    async def __call__(self, message: BusMessage) -> bool:
+        assert isinstance(message, Note)
+        if message.n == self.fail_on:
+            raise RuntimeError("direct handler bug")
+        if message.n % 2:
+            return False
+        self.taken.append(message.n)
+        return True
+
+
+async def test_an_idle_subscriber_takes_messages_directly(bus: InMemoryBus) -> None:
+    recorder = Recorder()
+    direct = Direct()
+    subscription = await bus.subscribe("r", recorder, Interest.worker("r"), direct=direct)
+    for n in (0, 2, 4):
+        await bus.send(Note(source="s", target="r", n=n))
+    # Taken in the sender's task: done when send() returns, the handler never saw them.
+    assert direct.taken == [0, 2, 4]
+    await bus.send(Note(source="s", target="r", n=1))  # refused by the direct handler
+    await recorder.wait_for(1)
+    assert recorder.numbers() == [1]
+    assert subscription.delivered == 4
+
+
+async def test_nothing_goes_direct_past_a_message_still_queued(bus: InMemoryBus) -> None:
+    recorder = Recorder()
+    direct = Direct()
+    subscription = await bus.subscribe("r", recorder, Interest.worker("r"), direct=direct)
+    recorder.hold()
+    await bus.send(Note(source="s", target="r", n=1))  # queued: the handler holds it
+    await recorder.wait_for(1)
+    await bus.send(Note(source="s", target="r", n=2))  # the handler is busy: queued
+    await bus.send(Note(source="s", target="r", n=3))
+    await bus.send(Note(source="s", target="r", n=4))
+    assert direct.taken == []
+    assert subscription.queued == 3
+    recorder.release()
+    await recorder.wait_for(4)
+    assert recorder.numbers() == [1, 2, 3, 4]
+    await bus.send(Note(source="s", target="r", n=6))  # idle again
+    assert direct.taken == [6]
+
+
+async def test_a_raising_direct_handler_is_counted_and_harms_nobody(
+    bus: InMemoryBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder()
+    direct = Direct()
+    direct.fail_on = 2
+    subscription = await bus.subscribe("r", recorder, Interest.worker("r"), direct=direct)
+    with caplog.at_level(logging.ERROR, logger="fastapi_busproxy.bus"):
+        await bus.send(Note(source="s", target="r", n=2))  # the sender does not see the bug
+    assert subscription.errors == 1
+    assert "r" in caplog.records[0].getMessage()
+    await bus.send(Note(source="s", target="r", n=4))
+    await bus.send(Note(source="s", target="r", n=5))
+    await recorder.wait_for(1)
+    assert direct.taken == [4]
+    assert recorder.numbers() == [5]
+
+
 async def test_wait_policy_makes_the_sender_wait_for_room(bus: InMemoryBus) -> None:
     recorder, subscription = await subscribe(bus, "slow", capacity=1)
     recorder.hold()

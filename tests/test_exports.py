@@ -95,7 +95,7 @@ EXPORTED = [
 
 # Public in their module, on purpose not re-exported by the package.
 MODULE_ONLY = {
-    "bus": {"DEFAULT_CAPACITY", "DEFAULT_SYSTEM_CAPACITY", "MessageHandler"},
+    "bus": {"DEFAULT_CAPACITY", "DEFAULT_SYSTEM_CAPACITY", "DirectHandler", "MessageHandler"},
     "closecodes": set(),
     "exceptions": set(),
     "interest": {"InterestIndex"},

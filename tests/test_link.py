@@ -404,6 +404,27 @@ async def test_framed_without_batching_sends_one_message_per_frame() -> None:
     assert link.stats.frames_out == 3
 
 
+async def test_direct_write_takes_one_message_per_turn_and_the_pump_batches_the_rest() -> None:
+    transport, delivered = FakeTransport(), Delivered()
+    outbox = Outbox(max_size=10)
+    link = make_link(transport, delivered, framed=True, outbox=outbox)
+    async with running(link):
+        await asyncio.sleep(0)  # the link's tasks start
+        assert await link.send_direct(outgoing(0))
+        # The rest of the burst, in the same turn of the loop: queued, for the pump.
+        assert not await link.send_direct(outgoing(1))
+        for n in (1, 2, 3):
+            outbox.put_nowait(outgoing(n))
+        await transport.wait_sent(2)
+        assert transport.sent[0] == encode_message(SERIALIZER.serialize(outgoing(0)))
+        batch = decode_frame(transport.sent[1])
+        assert batch.kind is FrameKind.BATCH
+        assert [decoded(p) for p in batch.payloads] == [outgoing(n) for n in (1, 2, 3)]
+        assert await link.send_direct(outgoing(4))  # a later turn, idle again
+        assert link.stats.messages_out == 5
+        assert link.stats.frames_out == 3
+
+
 async def test_framed_received_batch_delivers_all() -> None:
     transport, delivered = FakeTransport(), Delivered()
     link = make_link(transport, delivered, framed=True)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from ..bus import DirectHandler
 from ..closecodes import CloseCode
 from ..exceptions import ConfigurationError
 from ..interest import Interest
@@ -79,6 +80,21 @@ class ProxyWorker(BaseWorker):
             await self._forward(message)
         else:
             await super()._receive(message)
+
+    def _direct_handler(self) -> DirectHandler:
+        return self._forward_now
+
+    async def _forward_now(self, message: BusMessage) -> bool:
+        """Write ``message`` from the sender's task if it crosses and the link is idle."""
+        link = self._link
+        if (
+            link is None
+            or link.closing
+            or message.target == self.name
+            or not self.rules.should_send(message)
+        ):
+            return False
+        return await link.send_direct(message)
 
     async def _forward(self, message: BusMessage) -> None:
         link = self._link

@@ -141,6 +141,7 @@ class Link:
         self._logged_refusals: set[str] = set()
         self._send_started: float | None = None
         self._write_lock = asyncio.Lock()
+        self._wrote_direct = False  # a direct write happened in this turn of the event loop
         self._running = False
         self._last_received = time.monotonic()
 
@@ -364,10 +365,12 @@ class Link:
 
         The fast path of a link with one message in flight: it saves the hand-over to the
         send pump (a turn of the event loop). Idle means nothing queued or being written, so
-        order is kept; under load messages queue and are batched by the pump instead.
+        order is kept, and no direct write yet in this turn of the event loop: the rest of a
+        burst queues behind the first message and the pump batches it.
         """
         if (
             not self._running
+            or self._wrote_direct
             or self._write_lock.locked()
             or self.outbox
             or self._control
@@ -380,6 +383,8 @@ class Link:
             self._encode_failed(message, exc)
             return True
         data = encode_message(payload) if self.framed else payload
+        self._wrote_direct = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
         try:
             await self._timed_send(self.transport.send, data)
         except PeerClosed:
@@ -389,6 +394,9 @@ class Link:
         stats.bytes_out += len(data)
         stats.frames_out += 1
         return True
+
+    def _next_turn(self) -> None:
+        self._wrote_direct = False
 
     def _encode_failed(self, message: BusMessage, exc: MessageEncodeError) -> None:
         self.stats.dropped += 1
