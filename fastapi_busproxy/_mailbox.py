@@ -21,9 +21,10 @@ class Mailbox(Generic[_T]):
     __slots__ = (
         "_closed",
         "_data",
+        "_data_putters",
         "_getter",
-        "_putters",
         "_system",
+        "_system_putters",
         "capacity",
         "system_capacity",
     )
@@ -34,14 +35,25 @@ class Mailbox(Generic[_T]):
         self.capacity = capacity
         self.system_capacity = system_capacity
         self._data: deque[_T] = deque()
-        self._system: deque[_T] = deque()
+        # Made on first use: most subscribers never get a system message, and an empty deque
+        # costs several hundred bytes (a server holds a mailbox per connection).
+        self._system: deque[_T] | None = None
         self._getter: asyncio.Future[None] | None = None
-        # Senders waiting for room, oldest first, with the lane they wait on.
-        self._putters: deque[tuple[bool, asyncio.Future[None]]] = deque()
+        # Senders waiting for room in each lane, oldest first; made on first use. A sender
+        # stays listed until it has run after its wake-up, so nobody overtakes it meanwhile.
+        self._data_putters: deque[asyncio.Future[None]] | None = None
+        self._system_putters: deque[asyncio.Future[None]] | None = None
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._data) + len(self._system)
+        return len(self._data) + (len(self._system) if self._system else 0)
+
+    def _lane(self, system: bool) -> deque[_T]:
+        if not system:
+            return self._data
+        if self._system is None:
+            self._system = deque()
+        return self._system
 
     @property
     def closed(self) -> bool:
@@ -52,9 +64,9 @@ class Mailbox(Generic[_T]):
         if self._closed:
             raise BusClosedError("the subscriber's queue is closed")
         # Keep FIFO for senders that are already waiting on this lane.
-        if self._putters and any(lane is system for lane, _ in self._putters):
+        if self._system_putters if system else self._data_putters:
             return False
-        lane = self._system if system else self._data
+        lane = self._lane(system)
         if len(lane) >= (self.system_capacity if system else self.capacity):
             return False
         lane.append(item)
@@ -66,7 +78,7 @@ class Mailbox(Generic[_T]):
     async def put(self, item: _T, system: bool) -> None:
         """Queue ``item``, waiting for room in its lane. Cancelling gives up without queuing."""
         while True:
-            lane = self._system if system else self._data
+            lane = self._lane(system)
             limit = self.system_capacity if system else self.capacity
             if self._closed:
                 raise BusClosedError("the subscriber's queue is closed")
@@ -77,20 +89,20 @@ class Mailbox(Generic[_T]):
                     getter.set_result(None)
                 return
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            entry = (system, waiter)
-            self._putters.append(entry)
+            waiters = self._putters_of(system)
+            waiters.append(waiter)
             try:
                 await waiter
             except BaseException:
                 with contextlib.suppress(ValueError):
-                    self._putters.remove(entry)
+                    waiters.remove(waiter)
                 # Woken for room we will not use (cancelled, timed out): pass the wake-up on,
                 # or the next sender waits although there is room.
                 if not self._closed and len(lane) < limit:
                     self._wake_putter(system)
                 raise
             with contextlib.suppress(ValueError):
-                self._putters.remove(entry)
+                waiters.remove(waiter)  # near the front: the oldest are woken first
 
     async def get(self) -> _T:
         """Take the next item, system lane first; wait while both lanes are empty."""
@@ -112,21 +124,32 @@ class Mailbox(Generic[_T]):
             finally:
                 self._getter = None
 
+    def _putters_of(self, system: bool) -> deque[asyncio.Future[None]]:
+        if system:
+            if self._system_putters is None:
+                self._system_putters = deque()
+            return self._system_putters
+        if self._data_putters is None:
+            self._data_putters = deque()
+        return self._data_putters
+
     def _wake_putter(self, system: bool) -> None:
-        for lane, waiter in self._putters:
-            if lane is system and not waiter.done():
+        # The first not yet woken: only those woken and not yet run come before it.
+        for waiter in (self._system_putters if system else self._data_putters) or ():
+            if not waiter.done():
                 waiter.set_result(None)
                 return
 
     def close(self) -> list[_T]:
         """Close the mailbox: waiting senders and the getter fail; returns what was queued."""
         self._closed = True
-        left = [*self._system, *self._data]
-        self._system.clear()
+        left = [*(self._system or ()), *self._data]
+        self._system = None
         self._data.clear()
-        for _, waiter in self._putters:
-            if not waiter.done():
-                waiter.set_result(None)
+        for waiters in (self._system_putters, self._data_putters):
+            for waiter in waiters or ():
+                if not waiter.done():
+                    waiter.set_result(None)
         if self._getter is not None and not self._getter.done():
             self._getter.set_result(None)
         return left

@@ -41,6 +41,7 @@ from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.params import Depends as DependsParam
 from starlette.responses import Response
 
+from ._flag import Flag
 from .closecodes import CloseCode
 from .exceptions import ConfigurationError
 from .lifespan import _state, bus_lifespan, runner_of
@@ -87,7 +88,7 @@ class BusSession:
 @dataclass
 class _Session:
     proxy: WebSocketProxyServer | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: Flag = field(default_factory=Flag)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._events import EventEmitter
+from ._flag import Flag
 from ._tasks import TaskSet
 from .bus import DirectHandler, Subscription, WorkerBus
 from .exceptions import (
@@ -157,7 +158,7 @@ class BaseWorker(EventEmitter):
         self._runner: WorkerRunner | None = None
         self._subscription: Subscription | None = None
         self._tasks = TaskSet(name)
-        self._finished = asyncio.Event()
+        self._finished = Flag()
         self._finishing: asyncio.Task[None] | None = None
         self._started_at: float | None = None
         self._watches: list[RegistryWatch] = []

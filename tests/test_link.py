@@ -529,3 +529,45 @@ async def test_control_frames_queued_during_a_slow_send_are_all_sent() -> None:
     assert decode_frame(transport.sent[0]).kind is FrameKind.MESSAGE
     pongs = [decode_frame(data) for data in transport.sent[1:]]
     assert [frame.token for frame in pongs if frame.kind is FrameKind.PONG] == list(range(1, 17))
+
+
+# --- watchdog --------------------------------------------------------------------------------
+
+
+class StuckTransport(FakeTransport):
+    """A peer that never reads: every write hangs."""
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_write_stuck_past_send_timeout_closes_with_peer_too_slow() -> None:
+    transport, delivered = StuckTransport(), Delivered()
+    outbox = Outbox(max_size=10)
+    outbox.put_nowait(outgoing(0))
+    link = make_link(transport, delivered, outbox=outbox, send_timeout=0.05)
+    async with running(link) as task:
+        with anyio.fail_after(5):
+            info = await task
+    assert (info.code, info.by_us) == (CloseCode.PEER_TOO_SLOW, True)
+    assert transport.close_code == CloseCode.PEER_TOO_SLOW
+
+
+async def test_keepalive_pings_then_closes_a_silent_peer_with_1011() -> None:
+    transport, delivered = FakeTransport(), Delivered()
+    link = make_link(
+        transport,
+        delivered,
+        framed=True,
+        app_keepalive=True,
+        ping_interval=0.05,
+        ping_timeout=0.05,
+    )
+    async with running(link) as task:
+        await transport.wait_until(
+            lambda: any(decode_frame(data).kind is FrameKind.PING for data in transport.sent)
+        )
+        with anyio.fail_after(5):
+            info = await task
+    assert (info.code, info.reason) == (CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+    assert transport.close_code == CloseCode.INTERNAL_ERROR

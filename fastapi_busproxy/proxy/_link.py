@@ -1,8 +1,9 @@
 """One WebSocket connection between two buses: a receive pump, a send pump and a watchdog.
 
 The pumps move bytes; the decisions are elsewhere (``forwarding`` says what is let in,
-``framing`` how bytes are laid out). When any of the three tasks ends, the others are cancelled
-and :meth:`Link.run` returns why the link closed.
+``framing`` how bytes are laid out). When either pump ends, the other is cancelled and
+:meth:`Link.run` returns why the link closed. The watchdog is a timer, not a task (a server
+holds one per connection): when it finds the peer too slow or silent, it cancels the pumps.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Link:
         self._deliver = deliver
         # Frames that go ahead of the outbox: announcements, pongs, pings. Pongs are capped
         # (see _MAX_PENDING_PONGS) so a peer flooding pings cannot grow this.
-        self._control: deque[bytes] = deque()
+        self._control: deque[bytes] | None = None  # made on first use
         self._pending_pongs = 0
         self._close_info: CloseInfo | None = None
         self._bad_in_a_row = 0
@@ -144,6 +145,8 @@ class Link:
         self._wrote_direct = False  # a direct write happened in this turn of the event loop
         self._running = False
         self._last_received = time.monotonic()
+        self._pumps: list[asyncio.Task[None]] = []
+        self._watchdog: _Watchdog | None = None
 
     @property
     def closing(self) -> bool:
@@ -154,7 +157,12 @@ class Link:
     def send_now(self, message: BusMessage) -> None:
         """Queue ``message`` ahead of the outbox (readiness announcements)."""
         payload = self.serializer.serialize(message)
-        self._control.append(encode_message(payload) if self.framed else payload)
+        self._push_control(encode_message(payload) if self.framed else payload)
+
+    def _push_control(self, data: bytes) -> None:
+        if self._control is None:
+            self._control = deque()
+        self._control.append(data)
         self.outbox.notify()
 
     async def close(self, code: int, reason: str) -> None:
@@ -175,8 +183,9 @@ class Link:
         tasks = [
             loop.create_task(self._receive_pump(), name=f"{self.name}:receive"),
             loop.create_task(self._send_pump(), name=f"{self.name}:send"),
-            loop.create_task(self._watchdog(), name=f"{self.name}:watchdog"),
         ]
+        self._pumps = tasks
+        self._watchdog = _Watchdog(self, loop)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -185,6 +194,8 @@ class Link:
             raise
         finally:
             self._running = False
+            if self._watchdog is not None:
+                self._watchdog.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)
@@ -242,8 +253,7 @@ class Link:
             if frame.kind is FrameKind.PING:
                 if self._pending_pongs < _MAX_PENDING_PONGS:
                     self._pending_pongs += 1
-                    self._control.append(encode_pong(frame.token))
-                    self.outbox.notify()
+                    self._push_control(encode_pong(frame.token))
             elif frame.kind is FrameKind.PONG:
                 stats.last_rtt = max(0.0, (time.monotonic_ns() - frame.token) / 1e9)
             else:
@@ -306,13 +316,13 @@ class Link:
     async def _send_pump(self) -> None:
         send = self.transport.send
         outbox = self.outbox
-        control = self._control
         stats = self.stats
         batch_limit = (
             self.config.max_batch_messages if (self.framed and self.config.batching) else 1
         )
         serialize = self.serializer.serialize
         while True:
+            control = self._control
             if control:
                 data = control[0]
                 await self._timed_send(send, data)
@@ -420,37 +430,66 @@ class Link:
 
     # -- watchdog -----------------------------------------------------------------------------
 
-    async def _watchdog(self) -> None:
-        config = self.config
-        keepalive = config.app_keepalive and config.ping_interval is not None
+    def _abort(self, code: int, reason: str) -> None:
+        """End :meth:`run` from outside the pumps: close with ``code`` once they have stopped."""
+        if self._close_info is None:
+            self._close_info = CloseInfo(code, reason, by_us=True)
+        for task in self._pumps:
+            task.cancel()
+
+
+class _Watchdog:
+    """A link's periodic check, on a timer: a write stuck longer than ``send_timeout`` closes
+    with :attr:`CloseCode.PEER_TOO_SLOW`; with our own keepalive (framed server side), it
+    sends pings and closes with 1011 when nothing was received for ``ping_interval +
+    ping_timeout``."""
+
+    __slots__ = ("_handle", "_keepalive", "_link", "_loop", "_next_ping", "_tick")
+
+    def __init__(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
+        config = link.config
+        self._link = link
+        self._loop = loop
+        self._keepalive = config.ping_interval if config.app_keepalive else None
         periods = [config.send_timeout]
-        if keepalive and config.ping_interval is not None:
-            periods.append(config.ping_interval)
-        tick = max(0.01, min(periods) / 4)
-        next_ping = time.monotonic() + (config.ping_interval or 0)
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            started = self._send_started
-            if started is not None and now - started > config.send_timeout:
-                logger.warning(
-                    "link %s: peer has not read for %.1fs (send timeout); closing with %d",
-                    self.name,
-                    now - started,
-                    CloseCode.PEER_TOO_SLOW,
-                )
-                raise _CloseLink(CloseCode.PEER_TOO_SLOW, "peer too slow")
-            if not keepalive or config.ping_interval is None:
-                continue
-            idle_limit = config.ping_interval + (config.ping_timeout or config.ping_interval)
-            if now - self._last_received > idle_limit:
+        if self._keepalive is not None:
+            periods.append(self._keepalive)
+        self._tick = max(0.01, min(periods) / 4)
+        self._next_ping = time.monotonic() + (self._keepalive or 0)
+        self._handle: asyncio.TimerHandle | None = loop.call_later(self._tick, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        link = self._link
+        config = link.config
+        now = time.monotonic()
+        started = link._send_started
+        if started is not None and now - started > config.send_timeout:
+            logger.warning(
+                "link %s: peer has not read for %.1fs (send timeout); closing with %d",
+                link.name,
+                now - started,
+                CloseCode.PEER_TOO_SLOW,
+            )
+            link._abort(CloseCode.PEER_TOO_SLOW, "peer too slow")
+            return
+        keepalive = self._keepalive
+        if keepalive is not None:
+            idle_limit = keepalive + (config.ping_timeout or keepalive)
+            if now - link._last_received > idle_limit:
                 logger.warning(
                     "link %s: nothing received for %.1fs (keepalive timeout); closing with 1011",
-                    self.name,
-                    now - self._last_received,
+                    link.name,
+                    now - link._last_received,
                 )
-                raise _CloseLink(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-            if now >= next_ping:
-                next_ping = now + config.ping_interval
-                self._control.append(encode_ping(time.monotonic_ns()))
-                self.outbox.notify()
+                link._abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                return
+            if now >= self._next_ping:
+                self._next_ping = now + keepalive
+                link._push_control(encode_ping(time.monotonic_ns()))
+        self._handle = self._loop.call_later(self._tick, self._check)

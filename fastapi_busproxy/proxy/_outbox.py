@@ -8,10 +8,10 @@ batch whose write failed is sent again on the next connection.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 
+from .._flag import Flag
 from ..exceptions import ConfigurationError
 from ..messages import BusMessage
 
@@ -27,8 +27,8 @@ class Outbox:
         self.max_size = max_size
         self.max_age = max_age
         self._items: deque[tuple[float, BusMessage]] = deque()
-        self._signal = asyncio.Event()  # set on every put and notify()
-        self._room = asyncio.Event()
+        self._signal = Flag()  # set on every put and notify()
+        self._room = Flag()
         self._room.set()
         self.overflowed = 0  # dropped because the outbox was full while disconnected
         self.expired = 0  # dropped because they waited longer than max_age
