@@ -22,9 +22,11 @@ class Mailbox(Generic[_T]):
         "_closed",
         "_data",
         "_data_putters",
+        "_data_woken",
         "_getter",
         "_system",
         "_system_putters",
+        "_system_woken",
         "capacity",
         "system_capacity",
     )
@@ -39,10 +41,12 @@ class Mailbox(Generic[_T]):
         # costs several hundred bytes (a server holds a mailbox per connection).
         self._system: deque[_T] | None = None
         self._getter: asyncio.Future[None] | None = None
-        # Senders waiting for room in each lane, oldest first; made on first use. A sender
-        # stays listed until it has run after its wake-up, so nobody overtakes it meanwhile.
+        # Senders waiting for room in each lane, oldest first; made on first use. A woken
+        # sender leaves its queue and is counted until it has run, so nobody overtakes it.
         self._data_putters: deque[asyncio.Future[None]] | None = None
         self._system_putters: deque[asyncio.Future[None]] | None = None
+        self._data_woken = 0
+        self._system_woken = 0
         self._closed = False
 
     def __len__(self) -> int:
@@ -64,7 +68,10 @@ class Mailbox(Generic[_T]):
         if self._closed:
             raise BusClosedError("the subscriber's queue is closed")
         # Keep FIFO for senders that are already waiting on this lane.
-        if self._system_putters if system else self._data_putters:
+        if system:
+            if self._system_putters or self._system_woken:
+                return False
+        elif self._data_putters or self._data_woken:
             return False
         lane = self._lane(system)
         if len(lane) >= (self.system_capacity if system else self.capacity):
@@ -94,15 +101,17 @@ class Mailbox(Generic[_T]):
             try:
                 await waiter
             except BaseException:
-                with contextlib.suppress(ValueError):
-                    waiters.remove(waiter)
+                if waiter.done() and not waiter.cancelled():
+                    self._woken_ran(system)
+                else:  # still queued (rare: a cancelled or timed-out send)
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(waiter)
                 # Woken for room we will not use (cancelled, timed out): pass the wake-up on,
                 # or the next sender waits although there is room.
                 if not self._closed and len(lane) < limit:
                     self._wake_putter(system)
                 raise
-            with contextlib.suppress(ValueError):
-                waiters.remove(waiter)  # near the front: the oldest are woken first
+            self._woken_ran(system)
 
     async def get(self) -> _T:
         """Take the next item, system lane first; wait while both lanes are empty."""
@@ -134,11 +143,24 @@ class Mailbox(Generic[_T]):
         return self._data_putters
 
     def _wake_putter(self, system: bool) -> None:
-        # The first not yet woken: only those woken and not yet run come before it.
-        for waiter in (self._system_putters if system else self._data_putters) or ():
+        waiters = self._system_putters if system else self._data_putters
+        while waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                if system:
+                    self._system_woken += 1
+                else:
+                    self._data_woken += 1
                 return
+
+    def _woken_ran(self, system: bool) -> None:
+        if self._closed:
+            return  # close() woke everyone and reset the counts
+        if system:
+            self._system_woken -= 1
+        else:
+            self._data_woken -= 1
 
     def close(self) -> list[_T]:
         """Close the mailbox: waiting senders and the getter fail; returns what was queued."""
@@ -150,6 +172,7 @@ class Mailbox(Generic[_T]):
             for waiter in waiters or ():
                 if not waiter.done():
                     waiter.set_result(None)
+        self._system_putters = self._data_putters = None
         if self._getter is not None and not self._getter.done():
             self._getter.set_result(None)
         return left

@@ -179,3 +179,22 @@ async def test_close_wakes_a_waiting_getter() -> None:
     box.close()
     with anyio.fail_after(5), pytest.raises(BusClosedError):
         await getter
+
+
+@pytest.mark.anyio
+async def test_many_waiting_senders_are_served_oldest_first_by_a_fast_getter() -> None:
+    # A shared worker fed by many links: the getter takes items faster than the woken
+    # senders get to run; each sender still gets its turn, in order, and none is lost.
+    box: Mailbox[int] = Mailbox(4, 1)
+    for n in range(4):
+        box.offer(n, DATA)
+    senders = [asyncio.create_task(box.put(n, DATA)) for n in range(4, 300)]
+    await yield_until_blocked(*senders)
+    got: list[int] = []
+    with anyio.fail_after(5):
+        while len(got) < 300:
+            got.append(await box.get())
+        await asyncio.gather(*senders)
+    assert got == list(range(300))
+    assert box._data_woken == 0
+    assert not box._data_putters
