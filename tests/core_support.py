@@ -1,4 +1,4 @@
-"""Helpers for the worker, job and runner tests: a recording worker, a runner, leak checks."""
+"""Shared test helpers: a recording worker, a runner, leak checks, and a Ping/Pong echo worker."""
 
 from __future__ import annotations
 
@@ -22,6 +22,33 @@ class Hello(BusDataMessage):
 @dataclass(kw_only=True)
 class Alert(BusSystemMessage):
     text: str = ""
+
+
+@dataclass(kw_only=True)
+class Ping(BusDataMessage):
+    text: str
+
+
+@dataclass(kw_only=True)
+class Pong(BusDataMessage):
+    text: str
+
+
+class Echo(BaseWorker):
+    """Answers every Ping with a Pong to its sender."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.received: list[BusMessage] = []
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if isinstance(message, Ping):
+            self.received.append(message)
+            await self.send_bus_message(
+                Pong(source=self.name, target=message.source, text=message.text.upper())
+            )
+        else:
+            await super().on_bus_message(message)
 
 
 class EventLog:

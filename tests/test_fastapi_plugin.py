@@ -12,7 +12,6 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -25,7 +24,6 @@ from fastapi_busproxy import (
     APIKeyHeaderAuth,
     BaseWorker,
     BearerTokenAuth,
-    BusDataMessage,
     BusMessage,
     BusProxySettings,
     BusSession,
@@ -43,37 +41,11 @@ from fastapi_busproxy import (
     include_bus_proxy,
     runner_of,
 )
+from tests.core_support import Echo, Ping, Pong
 
 CODEC = JSONMessageSerializer()
 GOOD = {"Authorization": "Bearer tok"}
 WAIT = 10  # seconds: a bound on every wait, far above what any of them takes
-
-
-@dataclass(kw_only=True)
-class Ping(BusDataMessage):
-    text: str
-
-
-@dataclass(kw_only=True)
-class Pong(BusDataMessage):
-    text: str
-
-
-class Echo(BaseWorker):
-    """Answers every Ping with a Pong to its sender."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.received: list[BusMessage] = []
-
-    async def on_bus_message(self, message: BusMessage) -> None:
-        if isinstance(message, Ping):
-            self.received.append(message)
-            await self.send_bus_message(
-                Pong(source=self.name, target=message.source, text=message.text.upper())
-            )
-        else:
-            await super().on_bus_message(message)
 
 
 @pytest.fixture(autouse=True)

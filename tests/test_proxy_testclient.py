@@ -10,7 +10,6 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,8 +18,6 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from fastapi_busproxy import (
-    BaseWorker,
-    BusDataMessage,
     BusEndMessage,
     BusMessage,
     BusWorkerRegistryMessage,
@@ -30,35 +27,9 @@ from fastapi_busproxy import (
     WorkerRegistryEntry,
     WorkerRunner,
 )
+from tests.core_support import Echo, Ping, Pong
 
 CODEC = JSONMessageSerializer()
-
-
-@dataclass(kw_only=True)
-class Ping(BusDataMessage):
-    text: str
-
-
-@dataclass(kw_only=True)
-class Pong(BusDataMessage):
-    text: str
-
-
-class Echo(BaseWorker):
-    """Answers every Ping with a Pong to its sender."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.received: list[BusMessage] = []
-
-    async def on_bus_message(self, message: BusMessage) -> None:
-        if isinstance(message, Ping):
-            self.received.append(message)
-            await self.send_bus_message(
-                Pong(source=self.name, target=message.source, text=message.text.upper())
-            )
-        else:
-            await super().on_bus_message(message)
 
 
 class App:
