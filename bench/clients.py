@@ -28,7 +28,7 @@ from fastapi_busproxy import (
     BusMessage,
     ReconnectPolicy,
     WebSocketProxyClient,
-    WorkerRegistryEntry,
+    WorkerReadyData,
     WorkerRunner,
 )
 
@@ -114,11 +114,12 @@ class Voice(BaseWorker):
         self.on_reply: Reply | None = None
         self.echo_ready = asyncio.Event()
 
-    async def on_start(self) -> None:
-        self.watch_workers("echo")
+    async def start(self) -> None:
+        await super().start()
+        await self.watch_workers("echo")
 
-    async def on_worker_ready(self, entry: WorkerRegistryEntry) -> None:
-        if entry.name == "echo":
+    async def on_worker_ready(self, data: WorkerReadyData) -> None:
+        if data.worker_name == "echo":
             self.echo_ready.set()
 
     async def on_bus_message(self, message: BusMessage) -> None:

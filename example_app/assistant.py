@@ -24,9 +24,10 @@ class Assistant(BaseWorker):
 
     async def on_activated(self, args: dict[str, Any] | None) -> None:
         self.activations += 1
-        logger.info("assistant activated by %s", (args or {}).get("caller", "someone"))
+        caller = ((args or {}).get("metadata") or {}).get("caller", "someone")
+        logger.info("assistant activated by %s", caller)
 
-    async def on_job_request(self, message: BusJobRequestMessage) -> dict[str, Any] | None:
+    async def on_job_request(self, message: BusJobRequestMessage) -> None:
         question = str((message.payload or {}).get("question", "")).strip().lower()
         answer = ANSWERS.get(question, f"I do not know {question!r} yet")
         await self.send_job_update(message.job_id, {"progress": 0.0, "note": "thinking"})
@@ -34,6 +35,6 @@ class Assistant(BaseWorker):
         await self.send_job_stream_start(message.job_id, {"words": len(words)})
         for word in words:
             await self.send_job_stream_data(message.job_id, {"text": word})
-        await self.send_job_stream_end(message.job_id)
         await self.send_job_update(message.job_id, {"progress": 1.0, "note": "done"})
-        return {"answer": answer, "caller": message.source}
+        # The end of the stream answers the job: its data is the response.
+        await self.send_job_stream_end(message.job_id, {"answer": answer, "caller": message.source})

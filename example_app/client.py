@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi_busproxy import (
     BaseWorker,
-    BusJobStreamDataMessage,
-    BusJobStreamStartMessage,
-    BusJobUpdateMessage,
+    JobEvent,
+    JobParams,
     WebSocketProxyClient,
-    WorkerRegistryEntry,
+    WorkerActivationArgs,
+    WorkerReadyData,
     WorkerRunner,
+    worker_ready,
 )
 from fastapi_busproxy.proxy import ReconnectPolicy
 
@@ -31,32 +32,29 @@ class Caller(BaseWorker):
         self.answers: list[dict[str, Any] | None] = []
         self.out = out
 
-    async def on_start(self) -> None:
-        self.watch_workers("assistant")
-
-    async def on_worker_ready(self, entry: WorkerRegistryEntry) -> None:
+    @worker_ready(name="assistant")
+    async def assistant_ready(self, data: WorkerReadyData) -> None:
         self.out(f"[{self.name}] assistant is ready (through the link)")
-        await self.activate_worker("assistant", {"caller": self.name})
+        await self.activate_worker(
+            "assistant", args=WorkerActivationArgs(metadata={"caller": self.name})
+        )
         for question in self.questions:
             self.out(f"[{self.name}] asks: {question}")
-            async with self.job(
-                "assistant", name="ask", payload={"question": question}, timeout=30
-            ) as job:
+            params = JobParams(name="ask", payload={"question": question}, timeout=30)
+            async with self.job("assistant", params=params) as job:
                 words: list[str] = []
                 async for event in job:
-                    if isinstance(event, BusJobUpdateMessage):
-                        update = event.update or {}
-                        self.out(f"[{self.name}]   progress {update.get('progress'):.0%}")
-                    elif isinstance(event, BusJobStreamStartMessage):
-                        self.out(
-                            f"[{self.name}]   streaming {(event.data or {}).get('words')} words"
-                        )
-                    elif isinstance(event, BusJobStreamDataMessage):
-                        words.append(str((event.data or {}).get("text")))
+                    data = event.data or {}
+                    if event.type == JobEvent.UPDATE:
+                        self.out(f"[{self.name}]   progress {data.get('progress'):.0%}")
+                    elif event.type == JobEvent.STREAM_START:
+                        self.out(f"[{self.name}]   streaming {data.get('words')} words")
+                    elif event.type == JobEvent.STREAM_DATA:
+                        words.append(str(data.get("text")))
                         self.out(f"[{self.name}]   ... {' '.join(words)}")
             self.answers.append(job.response)
-            self.out(f"[{self.name}] answer: {(job.response or {}).get('answer')}")
-        await self.end("all questions answered")
+            self.out(f"[{self.name}] answer: {job.response.get('answer')}")
+        await self.end(reason="all questions answered")
 
 
 async def run_client(
@@ -88,7 +86,7 @@ async def run_client(
     @proxy.event_handler("on_gave_up")
     async def gave_up(worker: WebSocketProxyClient, error: Exception) -> None:
         out(f"[link] gave up: {error}")
-        await caller.cancel("no link")
+        await caller.cancel(reason="no link")
 
     async with runner:
         await runner.add_workers(caller, proxy)

@@ -16,9 +16,11 @@ from .exceptions import (
     ConfigurationError,
     DuplicateWorkerError,
     HandshakeRejectedError,
+    InvalidStateError,
     JobCancelledError,
     JobError,
     JobFailedError,
+    JobGroupError,
     JobTimeoutError,
     LinkClosedError,
     MessageDecodeError,
@@ -26,9 +28,20 @@ from .exceptions import (
     ProxyError,
     SerializationError,
     UnknownEventError,
+    WorkerNotReadyError,
 )
 from .interest import Interest
-from .jobs import Job, JobEvent
+from .jobs import (
+    JobContext,
+    JobEvent,
+    JobGroup,
+    JobGroupContext,
+    JobGroupEvent,
+    JobGroupParams,
+    JobGroupResponse,
+    JobParams,
+    job,
+)
 from .lifespan import configure_bus, get_runner, runner_of
 from .links import include_bus_link
 from .messages import (
@@ -55,8 +68,10 @@ from .messages import (
     BusMessage,
     BusSystemMessage,
     BusWorkerErrorMessage,
+    BusWorkerLocalErrorMessage,
     BusWorkerReadyMessage,
     BusWorkerRegistryMessage,
+    Frame,
     FrameDirection,
     JobStatus,
     Overflow,
@@ -71,12 +86,13 @@ from .proxy import (
     WebSocketProxyClient,
     WebSocketProxyServer,
 )
-from .registry import WorkerRegistry
+from .registry import WorkerErrorData, WorkerReadyData, WorkerRegistry
 from .routing import BusSession, bus_proxy_router, include_bus_proxy
 from .runner import RunnerState, WorkerRunner
 from .security import APIKeyHeaderAuth, BearerTokenAuth, Identity
 from .serializers import JSONMessageSerializer, MessageSerializer, MsgpackMessageSerializer
-from .worker import BaseWorker, WorkerState
+from .session import WorkerSession
+from .worker import BaseWorker, WorkerActivationArgs, WorkerState, worker_ready
 
 __version__ = "0.1.0"
 
@@ -129,6 +145,7 @@ __all__ = [
     "BusSystemMessage",
     "BusUnavailableError",
     "BusWorkerErrorMessage",
+    "BusWorkerLocalErrorMessage",
     "BusWorkerReadyMessage",
     "BusWorkerRegistryMessage",
     "CloseCode",
@@ -136,17 +153,26 @@ __all__ = [
     "ConfigurationError",
     "DuplicateWorkerError",
     "ForwardingRules",
+    "Frame",
     "FrameDirection",
     "HandshakeRejectedError",
     "Identity",
     "InMemoryBus",
     "Interest",
+    "InvalidStateError",
     "JSONMessageSerializer",
-    "Job",
     "JobCancelledError",
+    "JobContext",
     "JobError",
     "JobEvent",
     "JobFailedError",
+    "JobGroup",
+    "JobGroupContext",
+    "JobGroupError",
+    "JobGroupEvent",
+    "JobGroupParams",
+    "JobGroupResponse",
+    "JobParams",
     "JobStatus",
     "JobTimeoutError",
     "LinkClosedError",
@@ -164,17 +190,24 @@ __all__ = [
     "UnknownEventError",
     "WebSocketProxyClient",
     "WebSocketProxyServer",
+    "WorkerActivationArgs",
     "WorkerBus",
+    "WorkerErrorData",
+    "WorkerNotReadyError",
+    "WorkerReadyData",
     "WorkerRegistry",
     "WorkerRegistryEntry",
     "WorkerRunner",
+    "WorkerSession",
     "WorkerState",
     "bus_proxy_router",
     "configure_bus",
     "get_runner",
     "include_bus_link",
     "include_bus_proxy",
+    "job",
     "register_wire_type",
     "runner_of",
+    "worker_ready",
     "__version__",
 ]

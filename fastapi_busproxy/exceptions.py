@@ -3,9 +3,10 @@
 Every exception the library raises on purpose derives from :class:`BusProxyError`::
 
     BusProxyError
-    ├── ConfigurationError        a caller's mistake: bad argument, wrong state, duplicate name
+    ├── ConfigurationError        a caller's mistake: a bad argument, a duplicate name
     │   ├── DuplicateWorkerError  a worker name already in use in the runner
     │   └── UnknownEventError     an event name the object does not emit
+    ├── InvalidStateError         a call in the wrong state (also a :class:`RuntimeError`)
     ├── BusError
     │   ├── BusClosedError        the bus is not running (not started, or stopped)
     │   ├── BusFullError          a subscriber's queue stayed full past the send timeout
@@ -15,8 +16,10 @@ Every exception the library raises on purpose derives from :class:`BusProxyError
     │   └── MessageDecodeError    bytes from a peer are not an acceptable message
     ├── JobError
     │   ├── JobFailedError        the job ended with status "failed" or "error"
-    │   ├── JobCancelledError     the job was cancelled (by either side)
-    │   └── JobTimeoutError       no answer in time (also a :class:`TimeoutError`)
+    │   ├── JobCancelledError     the requester cancelled the job
+    │   ├── JobTimeoutError       no answer in time (also a :class:`TimeoutError`)
+    │   └── JobGroupError         a job group did not complete
+    │       └── WorkerNotReadyError  a target was not ready in time (also a JobTimeoutError)
     └── ProxyError
         ├── HandshakeRejectedError  the server answered the WebSocket handshake with 401/403
         └── LinkClosedError         a link was used after it closed
@@ -36,9 +39,11 @@ __all__ = [
     "ConfigurationError",
     "DuplicateWorkerError",
     "HandshakeRejectedError",
+    "InvalidStateError",
     "JobCancelledError",
     "JobError",
     "JobFailedError",
+    "JobGroupError",
     "JobTimeoutError",
     "LinkClosedError",
     "MessageDecodeError",
@@ -46,6 +51,7 @@ __all__ = [
     "ProxyError",
     "SerializationError",
     "UnknownEventError",
+    "WorkerNotReadyError",
 ]
 
 
@@ -54,9 +60,17 @@ class BusProxyError(Exception):
 
 
 class ConfigurationError(BusProxyError, ValueError):
-    """A caller's mistake: a bad argument, a call in the wrong state, a name already taken.
+    """A caller's mistake: a bad argument or a name already taken.
 
     The message says what to do instead.
+    """
+
+
+class InvalidStateError(BusProxyError, RuntimeError):
+    """A call in the wrong state: a worker used before it was added to a runner, an answer to a
+    job that is not being served, a runner started again after it finished.
+
+    A :class:`RuntimeError`, as the reference raises in these cases.
     """
 
 
@@ -129,11 +143,33 @@ class JobFailedError(JobError):
 
 
 class JobCancelledError(JobError):
-    """The job was cancelled, by the requester or by the serving worker."""
+    """The requester cancelled the job (:meth:`~fastapi_busproxy.BaseWorker.cancel_job_group`,
+    or the requesting worker stopped)."""
 
 
 class JobTimeoutError(JobError, TimeoutError):
-    """The target was not ready, or the job not answered, within the timeout."""
+    """The job was not answered within its timeout."""
+
+
+class JobGroupError(JobError):
+    """A job group did not complete: a member failed (with ``cancel_on_error``), the group was
+    cancelled, or it timed out. ``responses`` holds what arrived before."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str = "",
+        status: str | None = None,
+        response: dict[str, object] | None = None,
+        responses: dict[str, dict[str, object]] | None = None,
+    ) -> None:
+        super().__init__(message, job_id=job_id, status=status, response=response)
+        self.responses = dict(responses or {})
+
+
+class WorkerNotReadyError(JobGroupError, JobTimeoutError):
+    """A job's target worker was not ready within the job's timeout; nothing was sent."""
 
 
 class ProxyError(BusProxyError):

@@ -7,11 +7,11 @@ optional ``target`` (``None`` is a broadcast)::
     class Transcript(BusDataMessage):
         text: str
 
-Every subclass of :class:`BusMessage` is registered as a wire type when its class statement
-runs, under the name ``"<module>.<QualifiedName>"``; built-in messages use the names of the
-reference implementation (``pipecat.bus.messages.<Class>``) so that peers interoperate. The
-codec builds only registered types. Nested values that are dataclasses or enums (a frame inside
-a :class:`BusFrameMessage`, for example) are registered with :func:`register_wire_type`.
+Every subclass of :class:`BusMessage` (and of :class:`Frame`) is registered as a wire type when
+its class statement runs, under the name ``"<module>.<QualifiedName>"``; built-in messages use
+the names of the reference implementation (``pipecat.bus.messages.<Class>``) so that peers
+interoperate. The codec builds only registered types. Other dataclasses and enums nested in
+messages are registered with :func:`register_wire_type`.
 
 Priority: a :class:`BusSystemMessage` is delivered ahead of the data messages already queued
 for a subscriber. :class:`BusLocalMessage` marks a message that never leaves the process.
@@ -50,8 +50,10 @@ __all__ = [
     "BusMessage",
     "BusSystemMessage",
     "BusWorkerErrorMessage",
+    "BusWorkerLocalErrorMessage",
     "BusWorkerReadyMessage",
     "BusWorkerRegistryMessage",
+    "Frame",
     "FrameDirection",
     "JobStatus",
     "Overflow",
@@ -220,6 +222,20 @@ class WorkerRegistryEntry:
 _register(WorkerRegistryEntry, "pipecat.registry.types.WorkerRegistryEntry")
 
 
+@dataclass(kw_only=True)
+class Frame:
+    """Base class for frames carried by :class:`BusFrameMessage`.
+
+    A subclass is a wire type as soon as its class statement runs (as message classes are),
+    under ``"<module>.<QualifiedName>"``; other dataclasses nested in messages need
+    :func:`register_wire_type`.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(cls, f"{cls.__module__}.{cls.__qualname__}")
+
+
 # --- lifecycle -------------------------------------------------------------------------------
 
 
@@ -298,6 +314,13 @@ class BusWorkerRegistryMessage(BusSystemMessage):
 @dataclass(kw_only=True)
 class BusWorkerErrorMessage(BusSystemMessage):
     """Reports an error of the source worker."""
+
+    error: str
+
+
+@dataclass(kw_only=True)
+class BusWorkerLocalErrorMessage(BusSystemMessage, BusLocalMessage):
+    """Reports an error of a child worker to its parent; it never leaves the process."""
 
     error: str
 

@@ -507,7 +507,7 @@ class RedisBus(WorkerBus):
         for name in registry.names():
             origin = registry.origin_of(name)
             if origin is None or not origin.startswith(_REMOTE):
-                entry = registry.get(name)
+                entry = registry.entry(name)
                 if entry is not None:
                     shared[name] = entry
         return shared

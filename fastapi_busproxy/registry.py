@@ -2,27 +2,61 @@
 
 A worker is *ready* once it is registered: local workers when they start, remote workers when
 a proxy (or a cross-process bus) reports them. Remote entries record the link (``origin``)
-that brought them, so that a link going down takes exactly its own workers away.
+that brought them, so that a link going down takes exactly its own workers away, and the
+runner they live on.
 
-Watchers are called synchronously, in the order they subscribed, whenever a watched name is
-registered; :meth:`WorkerRegistry.wait_ready` waits for a name under a timeout. Both leave
-nothing behind once cancelled or answered.
+Two ways to be told, both idempotent and both removed by the watcher when it no longer cares:
+
+- ``await registry.watch(name, handler)``: the reference's form. ``handler(data)`` is a
+  coroutine function called with a :class:`WorkerReadyData`, at once if ``name`` is ready,
+  else each time it becomes ready. Later calls run in tasks the registry owns.
+- :meth:`WorkerRegistry.add_watch`: a plain callback called synchronously with the
+  :class:`~fastapi_busproxy.messages.WorkerRegistryEntry`.
+
+:meth:`WorkerRegistry.wait_ready` waits for a name under a timeout. Nothing is left behind once
+a wait is cancelled or answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
+from ._tasks import TaskSet
 from .messages import WorkerRegistryEntry
 
-__all__ = ["RegistryWatch", "WorkerRegistry", "WorkerRegistryEntry"]
+__all__ = [
+    "RegistryWatch",
+    "WorkerErrorData",
+    "WorkerReadyData",
+    "WorkerRegistry",
+    "WorkerRegistryEntry",
+]
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass
+class WorkerReadyData:
+    """A worker that is ready: its name, and the name of the runner it lives on."""
+
+    worker_name: str
+    runner: str
+
+
+@dataclass
+class WorkerErrorData:
+    """An error a child worker reported to its parent."""
+
+    worker_name: str
+    error: str
+
+
 ReadyCallback = Callable[[WorkerRegistryEntry], None]
+WatchHandler = Callable[[WorkerReadyData], Awaitable[Any]]
 ChangeListener = Callable[[str, WorkerRegistryEntry, "str | None"], None]
 """``listener(change, entry, origin)``: change is ``"registered"`` or ``"unregistered"``."""
 
@@ -31,10 +65,11 @@ ChangeListener = Callable[[str, WorkerRegistryEntry, "str | None"], None]
 class _Record:
     entry: WorkerRegistryEntry
     origin: str | None  # None: a worker of this process
+    runner: str
 
 
 class RegistryWatch:
-    """A registered watcher; :meth:`cancel` removes it."""
+    """A registered callback (:meth:`WorkerRegistry.add_watch`); :meth:`cancel` removes it."""
 
     __slots__ = ("_callback", "_name", "_registry")
 
@@ -53,6 +88,7 @@ class WorkerRegistry:
     """Names of the workers that are ready, with their entries and where they live.
 
     ``name in registry`` is true for a ready worker; :meth:`get` returns its
+    :class:`WorkerReadyData` and :meth:`entry` its full
     :class:`~fastapi_busproxy.messages.WorkerRegistryEntry`.
     """
 
@@ -60,26 +96,12 @@ class WorkerRegistry:
         self.runner_name = runner_name
         self._records: dict[str, _Record] = {}
         self._watches: dict[str, list[RegistryWatch]] = {}
+        self._handlers: dict[str, list[WatchHandler]] = {}
         self._waiters: dict[str, set[asyncio.Future[WorkerRegistryEntry]]] = {}
         self._listeners: list[ChangeListener] = []
+        self._tasks = TaskSet(f"registry:{runner_name}")
 
-    def add_listener(self, listener: ChangeListener) -> None:
-        """Call ``listener(change, entry, origin)`` on every registration and removal.
-
-        Used by cross-process buses to share the registry; called synchronously.
-        """
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: ChangeListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
-    def _changed(self, change: str, entry: WorkerRegistryEntry, origin: str | None) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(change, entry, origin)
-            except Exception:
-                logger.exception("registry listener failed on %s %s", change, entry.name)
+    # -- reading ------------------------------------------------------------------------------
 
     def __contains__(self, name: object) -> bool:
         return name in self._records
@@ -90,8 +112,23 @@ class WorkerRegistry:
     def __len__(self) -> int:
         return len(self._records)
 
-    def get(self, name: str) -> WorkerRegistryEntry | None:
-        """The entry of the ready worker ``name``, or ``None``."""
+    @property
+    def local_workers(self) -> list[str]:
+        """Names of the ready workers of this runner."""
+        return [name for name, record in self._records.items() if record.origin is None]
+
+    @property
+    def remote_workers(self) -> list[str]:
+        """Names of the ready workers reached through links."""
+        return [name for name, record in self._records.items() if record.origin is not None]
+
+    def get(self, name: str) -> WorkerReadyData | None:
+        """The ready worker ``name`` (its name and runner), or ``None``."""
+        record = self._records.get(name)
+        return WorkerReadyData(name, record.runner) if record else None
+
+    def entry(self, name: str) -> WorkerRegistryEntry | None:
+        """The registry entry of the ready worker ``name``, or ``None``."""
         record = self._records.get(name)
         return record.entry if record else None
 
@@ -110,13 +147,30 @@ class WorkerRegistry:
             return list(self._records)
         return [name for name, record in self._records.items() if record.origin == origin]
 
+    # -- registering --------------------------------------------------------------------------
+
+    async def register(self, worker_data: WorkerReadyData) -> bool:
+        """Register a ready worker; local when its runner is this registry's runner.
+
+        Returns ``False`` (and changes nothing) if the name is already registered.
+        """
+        if worker_data.worker_name in self._records:
+            return False
+        entry = WorkerRegistryEntry(name=worker_data.worker_name, active=True)
+        if worker_data.runner == self.runner_name:
+            self.register_local(entry)
+            return True
+        return self.register_remote(entry, origin=worker_data.runner, runner=worker_data.runner)
+
     def register_local(self, entry: WorkerRegistryEntry) -> None:
-        self._records[entry.name] = _Record(entry, None)
+        self._records[entry.name] = _Record(entry, None, self.runner_name)
         self._changed("registered", entry, None)
         self._notify(entry)
 
-    def register_remote(self, entry: WorkerRegistryEntry, *, origin: str) -> bool:
-        """Register a worker reported by the link ``origin``.
+    def register_remote(
+        self, entry: WorkerRegistryEntry, *, origin: str, runner: str | None = None
+    ) -> bool:
+        """Register a worker reported by the link ``origin``, living on ``runner``.
 
         Returns ``False`` (and registers nothing) if a local worker has that name: a peer
         cannot shadow a worker of this process.
@@ -134,7 +188,7 @@ class WorkerRegistry:
             logger.info(
                 "worker %s is now reached through %s (was %s)", entry.name, origin, record.origin
             )
-        self._records[entry.name] = _Record(entry, origin)
+        self._records[entry.name] = _Record(entry, origin, runner or origin)
         self._changed("registered", entry, origin)
         if record is None or record.origin != origin:
             self._notify(entry)
@@ -163,7 +217,31 @@ class WorkerRegistry:
             self._changed("unregistered", record.entry, origin)
         return names
 
-    def watch(self, name: str, callback: ReadyCallback) -> RegistryWatch:
+    # -- being told ---------------------------------------------------------------------------
+
+    async def watch(self, worker_name: str, handler: WatchHandler) -> None:
+        """Call ``await handler(data)`` when ``worker_name`` is ready: now, if it is.
+
+        Idempotent: watching again with the same handler does nothing. A handler that raises
+        is logged. Remove it with :meth:`unwatch`.
+        """
+        handlers = self._handlers.setdefault(worker_name, [])
+        if handler in handlers:
+            return
+        handlers.append(handler)
+        data = self.get(worker_name)
+        if data is not None:
+            await self._call(handler, data)
+
+    def unwatch(self, worker_name: str, handler: WatchHandler) -> None:
+        """Remove a handler added with :meth:`watch` (nothing happens if it is not there)."""
+        handlers = self._handlers.get(worker_name)
+        if handlers and handler in handlers:
+            handlers.remove(handler)
+            if not handlers:
+                del self._handlers[worker_name]
+
+    def add_watch(self, name: str, callback: ReadyCallback) -> RegistryWatch:
         """Call ``callback(entry)`` each time ``name`` becomes ready, at once if it is now."""
         watch = RegistryWatch(self, name, callback)
         self._watches.setdefault(name, []).append(watch)
@@ -178,6 +256,17 @@ class WorkerRegistry:
             watches.remove(watch)
             if not watches:
                 del self._watches[name]
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(change, entry, origin)`` on every registration and removal.
+
+        Used by cross-process buses to share the registry; called synchronously.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     async def wait_ready(self, name: str, timeout: float | None = None) -> WorkerRegistryEntry:
         """Wait until ``name`` is ready and return its entry.
@@ -204,9 +293,22 @@ class WorkerRegistry:
 
     def watcher_count(self) -> int:
         """Watchers and waiters still registered (for leak checks)."""
-        return sum(len(w) for w in self._watches.values()) + sum(
-            len(w) for w in self._waiters.values()
+        return (
+            sum(len(w) for w in self._watches.values())
+            + sum(len(h) for h in self._handlers.values())
+            + sum(len(w) for w in self._waiters.values())
         )
+
+    async def close(self) -> None:
+        """Cancel the watch handlers still running (the runner calls this when it stops)."""
+        await self._tasks.cancel_all()
+
+    def _changed(self, change: str, entry: WorkerRegistryEntry, origin: str | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(change, entry, origin)
+            except Exception:
+                logger.exception("registry listener failed on %s %s", change, entry.name)
 
     def _notify(self, entry: WorkerRegistryEntry) -> None:
         for future in self._waiters.get(entry.name, ()):
@@ -217,3 +319,15 @@ class WorkerRegistry:
                 watch._callback(entry)
             except Exception:
                 logger.exception("registry watcher of %s raised", entry.name)
+        handlers = self._handlers.get(entry.name)
+        if handlers:
+            data = self.get(entry.name)
+            assert data is not None
+            for handler in list(handlers):
+                self._tasks.spawn(self._call(handler, data), name=f"watch:{entry.name}")
+
+    async def _call(self, handler: WatchHandler, data: WorkerReadyData) -> None:
+        try:
+            await handler(data)
+        except Exception:
+            logger.exception("registry watch handler of %s raised", data.worker_name)

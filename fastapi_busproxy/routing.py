@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from .serializers import MessageSerializer
 from .worker import BaseWorker
 
 __all__ = ["BusSession", "bus_proxy_router", "include_bus_proxy"]
+
+_session_ids = itertools.count(1)
 
 logger = logging.getLogger(__name__)
 
@@ -235,14 +238,15 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
         await existing.done.wait()
     entry = _Session()
     state.sessions[remote] = entry
-    workers: list[BaseWorker] = []
+    # The connection's proxy and session workers end together, and only together: a peer's
+    # (or a session worker's) end() ends this session, never the app's runner.
+    group = runner.new_session(f"{route.name}:{remote}#{next(_session_ids)}")
     try:
         if route.session_workers is not None:
             made = route.session_workers(session)
             if inspect.isawaitable(made):
                 made = await made
-            workers = list(made)
-            await runner.add_workers(*workers)
+            await runner.add_workers(*made, session=group)
         options = {**state.settings.server_proxy_options(), **route.proxy_options}
         proxy = WebSocketProxyServer(
             f"{route.name}:{remote}",
@@ -254,7 +258,7 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
             **options,
         )
         entry.proxy = session.proxy = proxy
-        await runner.add_workers(proxy)
+        await runner.add_workers(proxy, session=group)
         await proxy.wait()
     except ConfigurationError:
         logger.exception("route %s could not start the session of %s", route.name, remote)
@@ -266,8 +270,7 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
         if state.sessions.get(remote) is entry:
             del state.sessions[remote]
         try:
-            if workers:
-                # Each worker stops in a task it owns, which goes on if we are cancelled here.
-                await asyncio.shield(asyncio.gather(*(w.cancel("session ended") for w in workers)))
+            # Each worker stops in a task it owns, which goes on if we are cancelled here.
+            await asyncio.shield(group.cancel("session ended"))
         finally:
             entry.done.set()

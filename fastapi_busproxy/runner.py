@@ -10,10 +10,12 @@ In an application that runs for as long as it likes (a FastAPI app), use the run
 async context manager instead: ``async with runner:`` starts the bus, and leaving the block
 ends the workers and stops the bus.
 
-The runner obeys :class:`~fastapi_busproxy.messages.BusEndMessage` and
-:class:`~fastapi_busproxy.messages.BusCancelMessage` without a target (or targeted at the
-runner's name) only when they were sent in this process: a message that arrived from a remote
-peer never ends or cancels the runner.
+A :class:`~fastapi_busproxy.messages.BusEndMessage` or
+:class:`~fastapi_busproxy.messages.BusCancelMessage` sent in this process (what
+``worker.end()`` and ``worker.cancel()`` send) ends the session of the worker that sent it (see
+:mod:`fastapi_busproxy.session`): the runner itself for the workers of its root session. One
+that arrived from a remote peer never reaches the runner: the proxy it came through ends its
+own session instead.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import logging
 import signal
 import threading
 import uuid
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
+from ._events import EventEmitter
 from .bus import InMemoryBus, Subscription, WorkerBus
-from .exceptions import BusError, ConfigurationError, DuplicateWorkerError
+from .exceptions import BusError, ConfigurationError, DuplicateWorkerError, InvalidStateError
 from .interest import Interest
 from .messages import (
     BusAddWorkerMessage,
@@ -41,6 +45,7 @@ from .messages import (
     WorkerRegistryEntry,
 )
 from .registry import WorkerRegistry
+from .session import WorkerSession
 from .worker import BaseWorker
 
 __all__ = ["RunnerState", "WorkerRunner"]
@@ -55,30 +60,47 @@ class RunnerState(enum.Enum):
     FINISHED = "finished"
 
 
-class WorkerRunner:
+class WorkerRunner(EventEmitter):
     """Owns a bus and runs workers on it.
 
     Args:
         name: the runner's name (sent to peers in registry messages); default
             ``"runner-<8 hex digits>"``.
         bus: the bus; default a new :class:`~fastapi_busproxy.bus.InMemoryBus`.
-        handle_sigint: in :meth:`run` on the main thread, end gracefully on the first Ctrl-C
-            and cancel on the second.
+        handle_sigint / handle_sigterm: in :meth:`run` on the main thread, end gracefully on
+            the first signal and cancel on the second.
+        force_gc: collect garbage once the runner has finished.
+        check_dangling_tasks: accepted for compatibility; every task of a worker is cancelled
+            and awaited when it stops, so none is left to report.
+
+    Events (``@runner.event_handler(...)``, awaited in place): ``on_ready(runner)`` once the
+    runner has started its workers; ``on_error(runner, error)`` when a worker fails to start.
 
     A runner runs once: after it has finished it cannot be started again.
     """
+
+    EVENTS: ClassVar[tuple[str, ...]] = ("on_ready", "on_error")
+    INLINE_EVENTS: ClassVar[tuple[str, ...]] = ("on_ready", "on_error")
 
     def __init__(
         self,
         *,
         name: str | None = None,
         bus: WorkerBus | None = None,
-        handle_sigint: bool = False,
+        handle_sigint: bool = True,
+        handle_sigterm: bool = False,
+        force_gc: bool = False,
+        check_dangling_tasks: bool = True,
     ) -> None:
+        super().__init__()
         self._name = name or f"runner-{uuid.uuid4().hex[:8]}"
         self._bus = bus if bus is not None else InMemoryBus()
         self._handle_sigint = handle_sigint
+        self._handle_sigterm = handle_sigterm
+        self._force_gc = force_gc
         self._registry = WorkerRegistry(self._name)
+        self._root = WorkerSession(self, self._name, root=True)
+        self._sessions: dict[str, WorkerSession] = {}
         self._workers: dict[str, BaseWorker] = {}
         self._pending: dict[str, BaseWorker] = {}
         self._state = RunnerState.CREATED
@@ -109,6 +131,23 @@ class WorkerRunner:
         return self._state
 
     @property
+    def session(self) -> WorkerSession:
+        """The runner's root session: ending it ends the runner."""
+        return self._root
+
+    def new_session(self, name: str) -> WorkerSession:
+        """A new session for workers that end together without ending the runner.
+
+        Raises:
+            ConfigurationError: a session of that name is open.
+        """
+        if name in self._sessions or name == self._name:
+            raise ConfigurationError(f"runner {self._name!r} already has a session {name!r}")
+        session = WorkerSession(self, name)
+        self._sessions[name] = session
+        return session
+
+    @property
     def workers(self) -> list[BaseWorker]:
         """The local workers, running or waiting for the runner to start."""
         return [*self._workers.values(), *self._pending.values()]
@@ -119,16 +158,23 @@ class WorkerRunner:
 
     # -- workers ------------------------------------------------------------------------------
 
-    async def add_workers(self, *workers: BaseWorker) -> None:
-        """Add workers: started at once if the runner runs, else when it starts.
+    async def add_workers(self, *workers: BaseWorker, session: WorkerSession | None = None) -> None:
+        """Add workers: attached at once (their ``bus``, ``registry`` and ``worker_runner`` are
+        set, and a job they request waits until its target is ready), started at once if the
+        runner runs, else when it starts.
+
+        Args:
+            session: the session the workers join; default the runner's own, except that a
+                :class:`~fastapi_busproxy.WebSocketProxyServer` gets a session of its own.
 
         Raises:
             DuplicateWorkerError: a worker with the same name is already in the runner (its
                 name can be used again once it has finished).
-            ConfigurationError: not a :class:`BaseWorker`, or the runner has finished.
+            ConfigurationError: not a :class:`BaseWorker`.
+            InvalidStateError: the runner is ending or has finished.
         """
         if self._state in (RunnerState.ENDING, RunnerState.FINISHED):
-            raise ConfigurationError(
+            raise InvalidStateError(
                 f"runner {self._name!r} is {self._state.value}: create a new runner"
             )
         seen: set[str] = set()
@@ -142,6 +188,14 @@ class WorkerRunner:
                 )
             seen.add(worker.name)
         for worker in workers:
+            joined = session
+            if joined is None:
+                joined = self.new_session(worker.name) if worker._own_session else self._root
+            await worker.attach(
+                registry=self._registry, bus=self._bus, worker_runner=self, session=joined
+            )
+            joined._add(worker)
+            worker.add_event_handler("on_finished", self._worker_finished)
             if self._state is RunnerState.RUNNING:
                 await self._start_worker(worker)
             else:
@@ -150,9 +204,14 @@ class WorkerRunner:
     async def _start_worker(self, worker: BaseWorker) -> None:
         self._workers[worker.name] = worker
         try:
-            await worker._start(self)
-        except BaseException:
+            await worker._start()
+        except BaseException as exc:
             self._workers.pop(worker.name, None)
+            session = worker._session
+            if session is not None and session._remove(worker):
+                self._sessions.pop(session.name, None)
+            if isinstance(exc, Exception):
+                await self._call_event_handler("on_error", exc)
             raise
 
     def _worker_finished(self, worker: BaseWorker) -> None:
@@ -160,8 +219,17 @@ class WorkerRunner:
             del self._workers[worker.name]
         if self._registry.is_local(worker.name):
             self._registry.unregister(worker.name)
+        session = worker._session
+        if session is not None and session._remove(worker):
+            self._sessions.pop(session.name, None)
         if self._auto_end and not self._workers and not self._pending:
             self._done.set()
+
+    def session_of(self, worker_name: str) -> WorkerSession:
+        """The session of the local worker ``worker_name`` (the root one for any other name)."""
+        worker = self.get_worker(worker_name)
+        session = worker._session if worker is not None else None
+        return session or self._root
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -174,7 +242,7 @@ class WorkerRunner:
         if self._state is RunnerState.RUNNING:
             return
         if self._state is not RunnerState.CREATED:
-            raise ConfigurationError(
+            raise InvalidStateError(
                 f"runner {self._name!r} has {self._state.value}; a runner runs once"
             )
         self._bus.bind_registry(self._registry)
@@ -197,17 +265,22 @@ class WorkerRunner:
         pending, self._pending = self._pending, {}
         for worker in pending.values():
             await self._start_worker(worker)
+        await self._call_event_handler("on_ready")
 
-    async def run(self, auto_end: bool = True) -> None:
+    async def run(self, worker: BaseWorker | None = None, *, auto_end: bool = True) -> None:
         """Start, and run until the end.
 
         Args:
+            worker: a worker to add first (the reference's older form of
+                ``await runner.add_workers(worker); await runner.run()``).
             auto_end: ``True``: return once every worker has finished. ``False``: run until
                 :meth:`end` or :meth:`cancel` is called.
 
         Cancelling ``run()`` cancels every worker and stops the bus.
         """
         self._auto_end = auto_end
+        if worker is not None:
+            await self.add_workers(worker)
         await self.start()
         restore = self._install_sigint()
         try:
@@ -272,18 +345,21 @@ class WorkerRunner:
         )
         workers = list(self._workers.values())
         if cancel:
-            await asyncio.gather(*(w.cancel(reason) for w in workers), return_exceptions=True)
+            await asyncio.gather(*(w._cancel_now(reason) for w in workers), return_exceptions=True)
         else:
             for worker in workers:
-                await worker.end(reason)
+                await worker._request_end(reason)
             await asyncio.gather(*(w.wait() for w in workers), return_exceptions=True)
         if self._state is RunnerState.FINISHED:
             return
         self._subscription = None
+        await self._registry.close()
         await self._bus.stop()
         self._state = RunnerState.FINISHED
         self._done.set()
         self._stopped.set()
+        if self._force_gc:
+            gc.collect()
 
     async def _wait_finished(self) -> None:
         await self._stopped.wait()
@@ -304,20 +380,36 @@ class WorkerRunner:
             await self.cancel(f"runner closed by {type(exc).__name__}")
 
     def _install_sigint(self) -> Any:
-        if not self._handle_sigint or threading.current_thread() is not threading.main_thread():
+        signals = [
+            sig
+            for sig, wanted in (
+                (signal.SIGINT, self._handle_sigint),
+                (signal.SIGTERM, self._handle_sigterm),
+            )
+            if wanted
+        ]
+        if not signals or threading.current_thread() is not threading.main_thread():
             return None
         loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        except (NotImplementedError, RuntimeError):
-            return None
-        return lambda: loop.remove_signal_handler(signal.SIGINT)
+        installed = []
+        for sig in signals:
+            try:
+                loop.add_signal_handler(sig, self._on_sigint)
+            except (NotImplementedError, RuntimeError):
+                continue
+            installed.append(sig)
+
+        def restore() -> None:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+        return restore
 
     def _on_sigint(self) -> None:
         self._sigints += 1
         action = self.end if self._sigints == 1 else self.cancel
         # The task is awaited by run(), which waits for the runner to finish.
-        asyncio.get_running_loop().create_task(action("SIGINT"))
+        asyncio.get_running_loop().create_task(action("signal"))
 
     # -- bus ----------------------------------------------------------------------------------
 
@@ -335,8 +427,6 @@ class WorkerRunner:
                 )
                 self._register_remote(message, [entry])
         elif isinstance(message, (BusEndMessage, BusCancelMessage)):
-            if message.target not in (None, self._name):
-                return  # addressed to a worker: its own business
             if message.origin is not None:
                 logger.warning(
                     "runner %s ignored %s from %s that arrived through %s:"
@@ -347,16 +437,17 @@ class WorkerRunner:
                     message.origin,
                 )
                 return
+            session = self.session_of(message.source)
             if isinstance(message, BusEndMessage):
-                await self.end(message.reason)
+                await session.end(message.reason)
             else:
-                await self.cancel(message.reason)
+                await session.cancel(message.reason)
         elif (
             isinstance(message, BusAddWorkerMessage)
             and message.origin is None
             and isinstance(message.worker, BaseWorker)
         ):
-            await self.add_workers(message.worker)
+            await self.add_workers(message.worker, session=self.session_of(message.source))
 
     def _register_remote(self, message: BusMessage, entries: list[WorkerRegistryEntry]) -> None:
         # Only links (proxies, cross-process buses) report remote workers; they set origin.
@@ -369,5 +460,6 @@ class WorkerRunner:
                 message.source,
             )
             return
+        runner = getattr(message, "runner", None)
         for entry in entries:
-            self._registry.register_remote(entry, origin=origin)
+            self._registry.register_remote(entry, origin=origin, runner=runner)

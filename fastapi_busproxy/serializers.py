@@ -44,9 +44,13 @@ class MessageSerializer(abc.ABC):
     """
 
     @property
-    @abc.abstractmethod
-    def content_type(self) -> str:
-        """Short name of the format (``"json"``, ``"msgpack"``), for negotiation with a peer."""
+    def content_type(self) -> str | None:
+        """Short name of the format (``"json"``, ``"msgpack"``), for negotiation with a peer.
+
+        ``None`` (the default, for a serializer of your own) negotiates nothing: the link
+        speaks the plain format, one message per WebSocket message.
+        """
+        return None
 
     @abc.abstractmethod
     def serialize(self, message: BusMessage) -> bytes:

@@ -1,58 +1,70 @@
 """Workers: named agents on the bus.
 
 A :class:`BaseWorker` is added to a :class:`~fastapi_busproxy.runner.WorkerRunner`, which
-attaches it to the bus. From then on the bus delivers to it, one at a time, the messages its
-:meth:`~BaseWorker.bus_interest` selects (by default: those targeted at its name, and
-broadcasts). A subclass handles its own message types by overriding
-:meth:`~BaseWorker.on_bus_message` and calling ``super().on_bus_message(message)`` for the
-rest::
+attaches it at once (its :attr:`~BaseWorker.bus`, :attr:`~BaseWorker.registry` and
+:attr:`~BaseWorker.worker_runner` are set) and starts it when the runner runs. From then on the
+bus delivers to it, one at a time, the messages its :meth:`~BaseWorker.bus_interest` selects
+(by default: those targeted at its name, and broadcasts). A subclass handles its own message
+types by overriding :meth:`~BaseWorker.on_bus_message` and calling
+``super().on_bus_message(message)`` for the rest::
 
     class Greeter(BaseWorker):
         async def on_bus_message(self, message):
+            await super().on_bus_message(message)
             if isinstance(message, Hello):
                 await self.send_bus_message(Hello(source=self.name, target=message.source))
-            else:
-                await super().on_bus_message(message)
 
-Lifecycle: ``CREATED`` -> ``RUNNING`` (ready: registered in the runner's registry) ->
-``ENDING`` -> ``FINISHED``. :meth:`~BaseWorker.end` ends after the messages already queued;
-:meth:`~BaseWorker.cancel` stops at once. A finished worker cannot be started again.
+Lifecycle: ``CREATED`` -> ``STARTING`` -> ``RUNNING`` (ready: registered in the runner's
+registry) -> ``ENDING`` -> ``FINISHED``. Override :meth:`~BaseWorker.start` and
+:meth:`~BaseWorker.stop` (calling ``super()``) to start and stop resources of your own.
+:meth:`~BaseWorker.end` and :meth:`~BaseWorker.cancel` end the worker's *session*: the whole
+runner in a script, one connection's workers in an app (see :mod:`fastapi_busproxy.session`).
+A finished worker cannot be started again.
 
-An inactive worker (``active=False``, or after a deactivation) ignores data messages other than
-activation, deactivation and end; system messages (cancel among them) and the answers to its
-own jobs still reach it, and a job request sent to it is answered with status ``error``.
+Jobs live in :mod:`fastapi_busproxy.jobs`: the worker holds the state of both halves (a
+:class:`~fastapi_busproxy.jobs.requesting.JobRequester` and a
+:class:`~fastapi_busproxy.jobs.serving.JobServer`) and inherits their methods, hooks and
+message handling from :class:`~fastapi_busproxy.jobs.worker_jobs.WorkerJobs`. This module is
+the worker's life cycle, activation, readiness and dispatch.
+
+An inactive worker (``active=False``, or after a deactivation) takes only activation,
+deactivation and end messages, system messages, and the answers to its own jobs; a job request
+sent to it is answered at once with status ``error``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ._events import EventEmitter
 from ._flag import Flag
 from ._tasks import TaskSet
 from .bus import DirectHandler, Subscription, WorkerBus
-from .exceptions import (
-    BusError,
-    ConfigurationError,
-    JobTimeoutError,
-)
+from .exceptions import BusError, ConfigurationError, InvalidStateError
 from .interest import Interest
-from .jobs import DEFAULT_JOB_EVENT_BUFFER, Job, JobEvent
+from .jobs.group import DEFAULT_JOB_EVENT_BUFFER
+from .jobs.params import (
+    collect_job_handlers,
+)
+from .jobs.requesting import JobRequester
+from .jobs.serving import JobServer
+from .jobs.worker_jobs import WorkerJobs
 from .messages import (
     BusActivateWorkerMessage,
+    BusAddWorkerMessage,
     BusCancelMessage,
     BusCancelWorkerMessage,
     BusDeactivateWorkerMessage,
     BusEndMessage,
     BusEndWorkerMessage,
+    BusFrameMessage,
     BusJobCancelMessage,
     BusJobRequestMessage,
     BusJobResponseMessage,
@@ -64,17 +76,22 @@ from .messages import (
     BusJobUpdateRequestMessage,
     BusJobUpdateUrgentMessage,
     BusMessage,
-    JobStatus,
+    BusWorkerErrorMessage,
+    BusWorkerLocalErrorMessage,
     WorkerRegistryEntry,
 )
-from .registry import RegistryWatch
+from .registry import WorkerErrorData, WorkerReadyData, WorkerRegistry
 
 if TYPE_CHECKING:
     from .runner import WorkerRunner
+    from .session import WorkerSession
 
-__all__ = ["BaseWorker", "WorkerState"]
+__all__ = ["BaseWorker", "WorkerActivationArgs", "WorkerState", "worker_ready"]
 
 logger = logging.getLogger(__name__)
+
+EVENT_HANDLER_GRACE = 5.0
+"""Seconds a stopping worker lets its running event handlers finish before cancelling them."""
 
 
 class WorkerState(enum.Enum):
@@ -87,11 +104,74 @@ class WorkerState(enum.Enum):
     FINISHED = "finished"
 
 
-# Data messages an inactive worker still takes.
+@dataclass
+class WorkerActivationArgs:
+    """Arguments of an activation (:meth:`BaseWorker.activate_worker`); subclass to add fields.
+
+    They travel as a dict (:meth:`to_dict`, ``None`` fields left out) and reach the activated
+    worker's ``on_activated(args)`` as that dict; :meth:`from_dict` turns it back.
+    """
+
+    metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls: type[_A], data: dict[str, Any]) -> _A:
+        """Build from a dict, ignoring the keys that are not fields."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are not ``None``."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+_A = TypeVar("_A", bound=WorkerActivationArgs)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def worker_ready(*, name: str) -> Callable[[_F], _F]:
+    """Mark a worker method to be called with the :class:`~fastapi_busproxy.WorkerReadyData`
+    of the worker ``name`` when it is ready (watched from the worker's start)::
+
+        @worker_ready(name="greeter")
+        async def greeter_ready(self, data):
+            await self.activate_worker(data.worker_name)
+    """
+
+    def decorate(method: _F) -> _F:
+        method.__busproxy_worker_ready__ = name  # type: ignore[attr-defined]
+        return method
+
+    return decorate
+
+
+def _collect_ready_handlers(obj: object) -> dict[str, Callable[..., Any]]:
+    found: dict[str, Callable[..., Any]] = {}
+    seen: set[str] = set()
+    for cls in type(obj).__mro__:
+        for attr, value in vars(cls).items():
+            if attr in seen:
+                continue
+            seen.add(attr)
+            name = getattr(value, "__busproxy_worker_ready__", None)
+            if name is None:
+                continue
+            if name in found:
+                raise ConfigurationError(
+                    f"{type(obj).__name__} has two @worker_ready handlers for {name!r}:"
+                    f" {attr} and {found[name].__name__}"
+                )
+            found[name] = getattr(obj, attr)
+    return found
+
+
+# Data messages an inactive worker still takes: what changes its state, and the answers to
+# the jobs it asked for.
 _WHILE_INACTIVE = (
     BusActivateWorkerMessage,
     BusDeactivateWorkerMessage,
-    BusEndMessage,
     BusEndWorkerMessage,
     BusJobResponseMessage,
     BusJobUpdateMessage,
@@ -100,41 +180,30 @@ _WHILE_INACTIVE = (
     BusJobStreamEndMessage,
 )
 
-_JOB_EVENTS = (
-    BusJobUpdateMessage,
-    BusJobUpdateUrgentMessage,
-    BusJobStreamStartMessage,
-    BusJobStreamDataMessage,
-    BusJobStreamEndMessage,
-)
+_names = itertools.count()
 
 
-@dataclass
-class _ServedJob:
-    requester: str
-    name: str | None
-    task: asyncio.Task[None] | None = None
-    answered: bool = False
-
-
-class BaseWorker(EventEmitter):
+class BaseWorker(WorkerJobs, EventEmitter):
     """A named agent on the bus.
 
     Args:
         name: the worker's name, unique in its runner; messages are targeted at it by name.
-        active: whether it starts active (see the module documentation).
+            ``None`` makes one up (``"<ClassName>#<n>"``).
+        active: whether it starts active; an active worker's ``on_activated(None)`` runs when
+            it starts.
+        check_dangling_tasks: accepted for compatibility; every task a worker starts is
+            cancelled and awaited when it stops, so none is left to report.
 
-    Events (``@worker.event_handler("on_...")``; handlers get the worker first):
-        ``on_started(worker)``: the worker is attached and ready.
-        ``on_finished(worker)``: the worker has stopped.
-        ``on_activated(worker, args)`` / ``on_deactivated(worker)``: activation changed.
-        ``on_worker_ready(worker, entry)``: a watched worker is ready (see
-        :meth:`watch_workers`); ``entry`` is its
-        :class:`~fastapi_busproxy.messages.WorkerRegistryEntry`.
+    Events (``@worker.event_handler("on_...")``; handlers get the worker first and run in
+    tasks of their own): ``on_activated(args)``, ``on_deactivated()``, ``on_bus_message(m)``,
+    ``on_job_request(m)``, ``on_job_response(m)``, ``on_job_update(m)``,
+    ``on_job_update_requested(m)``, ``on_job_completed(result)``, ``on_job_error(m)``,
+    ``on_job_stream_start(m)``, ``on_job_stream_data(m)``, ``on_job_stream_end(m)``,
+    ``on_job_cancelled(m)``, ``on_worker_ready(data)``, ``on_worker_failed(data)``; and, awaited
+    in place, ``on_started()`` (the worker is ready) and ``on_finished()`` (it has stopped).
 
-    Hooks to override (call ``super()`` where noted): :meth:`on_start`, :meth:`on_stop`,
-    :meth:`on_activated`, :meth:`on_deactivated`, :meth:`on_worker_ready`,
-    :meth:`on_bus_message`, :meth:`on_job_request`, :meth:`on_job_update_request`.
+    Each event has a hook of the same name to override (``async def on_job_request(self,
+    message)``...), called before the event's handlers.
     """
 
     EVENTS: ClassVar[tuple[str, ...]] = (
@@ -142,28 +211,58 @@ class BaseWorker(EventEmitter):
         "on_finished",
         "on_activated",
         "on_deactivated",
+        "on_bus_message",
+        "on_job_request",
+        "on_job_response",
+        "on_job_update",
+        "on_job_update_requested",
+        "on_job_completed",
+        "on_job_error",
+        "on_job_stream_start",
+        "on_job_stream_data",
+        "on_job_stream_end",
+        "on_job_cancelled",
         "on_worker_ready",
+        "on_worker_failed",
     )
+    INLINE_EVENTS: ClassVar[tuple[str, ...]] = ("on_started", "on_finished")
 
     job_event_buffer: ClassVar[int] = DEFAULT_JOB_EVENT_BUFFER
-    """Events each requested :class:`~fastapi_busproxy.jobs.Job` buffers for its reader."""
+    """Events each job this worker requests keeps for its ``async for`` reader."""
 
-    def __init__(self, name: str, *, active: bool = True) -> None:
+    _own_session: ClassVar[bool] = False
+    """Whether :meth:`WorkerRunner.add_workers` gives the worker a session of its own."""
+
+    def __init__(
+        self, name: str | None = None, *, active: bool = True, check_dangling_tasks: bool = True
+    ) -> None:
         super().__init__()
+        if name is None:
+            name = f"{type(self).__name__}#{next(_names)}"
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"a worker needs a non-empty str name, not {name!r}")
         self._name = name
         self._active = active
+        self._pending_activation = active
+        self._activation_args: dict[str, Any] | None = None
         self._state = WorkerState.CREATED
         self._runner: WorkerRunner | None = None
+        self._session: WorkerSession | None = None
         self._subscription: Subscription | None = None
         self._tasks = TaskSet(name)
         self._finished = Flag()
         self._finishing: asyncio.Task[None] | None = None
+        self._stop_called = False
         self._started_at: float | None = None
-        self._watches: list[RegistryWatch] = []
-        self._requested: dict[str, Job] = {}
-        self._served: dict[str, _ServedJob] = {}
+        self._parent: str | None = None
+        self._children: list[BaseWorker] = []
+        self._watching: set[str] = set()
+        self._ready_handlers = _collect_ready_handlers(self)
+        self._job_handlers = collect_job_handlers(self)
+        self._requester = JobRequester(
+            name, self.send_bus_message, self._spawn, max_events=self.job_event_buffer
+        )
+        self._server = JobServer(name, self.send_bus_message, self._spawn)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r} {self._state.value}>"
@@ -176,11 +275,21 @@ class BaseWorker(EventEmitter):
 
     @property
     def active(self) -> bool:
+        """Whether the worker takes all the messages addressed to it (see the module doc)."""
         return self._active
+
+    @property
+    def activation_args(self) -> dict[str, Any] | None:
+        """The arguments of the latest activation; ``None`` while inactive."""
+        return self._activation_args
 
     @property
     def state(self) -> WorkerState:
         return self._state
+
+    @property
+    def finished(self) -> bool:
+        return self._state is WorkerState.FINISHED
 
     @property
     def started_at(self) -> float | None:
@@ -188,22 +297,57 @@ class BaseWorker(EventEmitter):
         return self._started_at
 
     @property
-    def runner(self) -> WorkerRunner:
-        """The runner the worker was added to.
+    def bridged(self) -> bool:
+        """Whether the worker bridges a pipeline onto the bus (never, for these workers)."""
+        return False
 
-        Raises:
-            ConfigurationError: the worker has not been added to a runner yet.
-        """
+    @property
+    def parent(self) -> str | None:
+        """The name of the worker that added this one with :meth:`add_workers`, if any."""
+        return self._parent
+
+    @property
+    def children(self) -> list[BaseWorker]:
+        """The workers this one added with :meth:`add_workers`."""
+        return self._children
+
+    def _attached(self) -> WorkerRunner:
         if self._runner is None:
-            raise ConfigurationError(
+            raise InvalidStateError(
                 f"worker {self._name!r} is not attached: add it with runner.add_workers() first"
             )
         return self._runner
 
     @property
+    def worker_runner(self) -> WorkerRunner:
+        """The runner the worker was added to.
+
+        Raises:
+            InvalidStateError: the worker has not been added to a runner.
+        """
+        return self._attached()
+
+    @property
+    def runner(self) -> WorkerRunner:
+        """The same as :attr:`worker_runner`."""
+        return self._attached()
+
+    @property
     def bus(self) -> WorkerBus:
-        """The runner's bus (see :attr:`runner`)."""
-        return self.runner.bus
+        """The runner's bus. Raises :class:`InvalidStateError` before the worker is added."""
+        return self._attached().bus
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        """The runner's registry. Raises :class:`InvalidStateError` before it is added."""
+        return self._attached().registry
+
+    @property
+    def session(self) -> WorkerSession:
+        """The session the worker belongs to (what :meth:`end` and :meth:`cancel` end)."""
+        self._attached()
+        assert self._session is not None
+        return self._session
 
     @property
     def subscription(self) -> Subscription | None:
@@ -213,7 +357,11 @@ class BaseWorker(EventEmitter):
     def registry_entry(self) -> WorkerRegistryEntry:
         """What the registry (and remote peers) know of this worker."""
         return WorkerRegistryEntry(
-            name=self._name, active=self._active, started_at=self._started_at
+            name=self._name,
+            parent=self._parent,
+            active=self._active,
+            bridged=self.bridged,
+            started_at=self._started_at,
         )
 
     def bus_interest(self) -> Interest:
@@ -225,41 +373,110 @@ class BaseWorker(EventEmitter):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def _start(self, runner: WorkerRunner) -> None:
-        """Attach to ``runner``'s bus and become ready (called by the runner)."""
+    async def attach(
+        self,
+        *,
+        registry: WorkerRegistry,
+        bus: WorkerBus,
+        worker_runner: WorkerRunner,
+        session: WorkerSession | None = None,
+    ) -> None:
+        """Give the worker its runner (called by :meth:`WorkerRunner.add_workers`).
+
+        ``registry`` and ``bus`` must be the runner's own; ``session`` defaults to the runner's.
+        """
+        if registry is not worker_runner.registry or bus is not worker_runner.bus:
+            raise ConfigurationError("attach() takes the registry and bus of the runner given")
+        if self._runner is not None and self._runner is not worker_runner:
+            raise ConfigurationError(f"worker {self._name!r} already belongs to another runner")
+        self._runner = worker_runner
+        self._session = session or worker_runner.session
+
+    async def _start(self) -> None:
+        """Subscribe to the bus and run :meth:`start` (called by the runner)."""
+        runner = self._attached()
         if self._state is not WorkerState.CREATED:
-            raise ConfigurationError(
+            raise InvalidStateError(
                 f"worker {self._name!r} was already started ({self._state.value});"
                 " a worker runs once: create a new one"
             )
-        self._runner = runner
         self._state = WorkerState.STARTING
         self._subscription = await runner.bus.subscribe(
             self._name, self._receive, self.bus_interest(), direct=self._direct_handler()
         )
         try:
-            await self.on_start()
+            await self.start()
         except BaseException:
-            await self._finish("on_start() failed", cancelled=True)
+            await self._finish("start() failed", cancelled=True)
             raise
+
+    async def start(self) -> None:
+        """Become ready: registered (and announced to peers), activated if it was created
+        active (``on_activated(None)``), watching its ``@worker_ready`` workers.
+
+        Override to start resources of your own, calling ``super().start()``; the worker
+        receives messages from the moment it is ready.
+        """
         if self._state is not WorkerState.STARTING:
-            return  # on_start() ended or cancelled the worker
+            return
+        runner = self._attached()
         self._state = WorkerState.RUNNING
         self._started_at = time.time()
+        if self._pending_activation:
+            self._active = True
         runner.registry.register_local(self.registry_entry())
+        if self._pending_activation:
+            self._pending_activation = False
+            await self._activated(self._activation_args)
+        if self._ready_handlers:
+            await self.watch_workers(*self._ready_handlers)
         await self._call_event_handler("on_started")
 
-    async def on_start(self) -> None:
-        """Hook: the worker is on the bus and about to become ready."""
+    async def stop(self) -> None:
+        """Stop the worker's jobs: the groups it requested are cancelled, the jobs it serves
+        are answered ``cancelled`` and their handlers cancelled.
 
-    async def on_stop(self) -> None:
-        """Hook: the worker is stopping (its jobs are already cancelled)."""
-
-    async def end(self, reason: str | None = None) -> None:
-        """End the worker after the messages already queued for it. Returns at once.
-
-        Use :meth:`wait` to wait until it has finished.
+        Runs once as the worker stops; override to stop resources of your own, calling
+        ``super().stop()``. Called on a running worker from outside, it stops the worker.
         """
+        if self._finishing is None:
+            # Called from outside: stop the worker, which runs the rest of this method once;
+            # the caller's own override goes on after it.
+            self._stop_called = True
+            await self._finish("stop() was called", cancelled=True)
+            return
+        await self._stop_jobs()
+
+    async def _stop_jobs(self) -> None:
+        await self._requester.stop(f"worker {self._name!r} stopped")
+        await self._server.stop()
+
+    async def end(self, *, reason: str | None = None) -> None:
+        """End the worker's session gracefully: every worker of it finishes the messages
+        already queued, then stops. In a script that is the whole runner (a
+        :class:`BusEndMessage` on the bus, as the reference sends); in an app, the workers of
+        one connection (see :mod:`fastapi_busproxy.session`). Returns at once.
+        """
+        session = self.session
+        if session.root:
+            await self.send_bus_message(BusEndMessage(source=self._name, reason=reason))
+        else:
+            await session.end(reason)
+
+    async def cancel(self, *, reason: str | None = None) -> None:
+        """Cancel the worker's session: every worker of it stops at once (see :meth:`end`)."""
+        session = self.session
+        if session.root:
+            await self.send_bus_message(BusCancelMessage(source=self._name, reason=reason))
+        else:
+            await session.cancel(reason)
+
+    async def wait(self) -> None:
+        """Wait until the worker has finished."""
+        await self._finished.wait()
+
+    async def _request_end(self, reason: str | None) -> None:
+        """Finish after the messages already queued (the runner's and the session's end)."""
         if self._state in (WorkerState.CREATED, WorkerState.STARTING):
             await self._finish(reason, cancelled=False)
             return
@@ -272,20 +489,9 @@ class BaseWorker(EventEmitter):
         except BusError:
             await self._finish(reason, cancelled=False)
 
-    async def cancel(self, reason: str | None = None) -> None:
-        """Stop the worker at once: its jobs are cancelled and queued messages discarded.
-
-        Returns when the worker has finished (at once when called from the worker itself).
-        """
+    async def _cancel_now(self, reason: str | None) -> None:
+        """Stop at once; returns when stopped (at once when called from the worker itself)."""
         await self._finish(reason, cancelled=True)
-
-    async def wait(self) -> None:
-        """Wait until the worker has finished."""
-        await self._finished.wait()
-
-    @property
-    def finished(self) -> bool:
-        return self._state is WorkerState.FINISHED
 
     async def _finish(self, reason: str | None, *, cancelled: bool) -> None:
         # Stopping runs in a task of its own: a caller that is cancelled meanwhile (an
@@ -310,96 +516,177 @@ class BaseWorker(EventEmitter):
             "cancelled" if cancelled else "ending",
             f": {reason}" if reason else "",
         )
-        for watch in self._watches:
-            watch.cancel()
-        self._watches.clear()
-        # Serving tasks answer "cancelled" to their requesters as they unwind.
-        await self._tasks.cancel_all()
-        for job in list(self._requested.values()):
-            job._finish(JobStatus.CANCELLED, None, f"requester {self._name!r} stopped")
-            # Nobody will read the answer: the serving worker stops too.
-            await self._send_quietly(
-                BusJobCancelMessage(
-                    source=self._name,
-                    target=job.target,
-                    job_id=job.job_id,
-                    reason="requester stopped",
-                )
-            )
-        self._requested.clear()
+        await self._stop_children(reason, cancelled=cancelled)
+        runner = self._runner
+        if runner is not None:
+            for name in self._watching:
+                runner.registry.unwatch(name, self._on_watched_worker_ready)
+        self._watching.clear()
         try:
-            await self.on_stop()
+            # stop() runs once: not again when a call of stop() itself began the stopping.
+            await (self._stop_jobs() if self._stop_called else self.stop())
         except Exception:
-            logger.exception("on_stop() of worker %s raised", self._name)
-        if self._subscription is not None and self._runner is not None:
-            await self._runner.bus.unsubscribe(self._subscription)
+            logger.exception("stop() of worker %s raised", self._name)
+        await self._tasks.cancel_all()
+        await self._settle_event_handlers(EVENT_HANDLER_GRACE)
+        if self._subscription is not None and runner is not None:
+            await runner.bus.unsubscribe(self._subscription)
         self._state = WorkerState.FINISHED
         self._finished.set()
-        if self._runner is not None:
-            self._runner._worker_finished(self)
         await self._call_event_handler("on_finished")
 
+    async def _stop_children(self, reason: str | None, *, cancelled: bool) -> None:
+        children = [child for child in self._children if not child.finished]
+        if not children or self._runner is None:
+            return
+        kind = BusCancelWorkerMessage if cancelled else BusEndWorkerMessage
+        for child in children:
+            try:
+                await self.bus.send(kind(source=self._name, target=child.name, reason=reason))
+            except BusError:
+                await child._cancel_now(reason)
+        await asyncio.gather(*(child.wait() for child in children))
+
     def _owned_tasks(self) -> set[asyncio.Task[Any]]:
-        tasks = set(self._tasks._tasks)
+        tasks = set(self._tasks._tasks) | self._event_handler_tasks()
         if self._subscription is not None and self._subscription._task is not None:
             tasks.add(self._subscription._task)
         return tasks
 
-    def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
-        """Run ``coro`` in a task owned by the worker: cancelled and awaited when it stops."""
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name=name)
 
-    # -- sending ------------------------------------------------------------------------------
+    def create_task(
+        self, coroutine: Coroutine[Any, Any, Any], name: str | None = None
+    ) -> asyncio.Task[Any]:
+        """Run ``coroutine`` in a task the worker owns: cancelled and awaited when it stops."""
+        if name is None:
+            code = getattr(coroutine, "cr_code", None)
+            name = getattr(code, "co_name", "task")
+        return self._tasks.spawn(coroutine, name=name)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """The same as :meth:`create_task`."""
+        return self._tasks.spawn(coro, name=name)
+
+    async def cancel_task(self, task: asyncio.Task[Any], timeout: float | None = 1.0) -> None:
+        """Cancel ``task`` and wait up to ``timeout`` seconds for it to finish."""
+        if task is asyncio.current_task() or task.done():
+            return
+        task.cancel()
+        await asyncio.wait((task,), timeout=timeout)
+
+    # -- other workers ------------------------------------------------------------------------
 
     async def send_bus_message(self, message: BusMessage) -> None:
         """Send ``message`` on the bus (see :meth:`WorkerBus.send`)."""
         await self.bus.send(message)
 
-    async def activate_worker(self, name: str, args: dict[str, Any] | None = None) -> None:
-        """Ask worker ``name`` (local or remote) to become active, with ``args``."""
+    async def send_bus_error_message(self, error: str) -> None:
+        """Report an error: to the parent (a child's ``on_worker_failed``), else broadcast."""
+        if self._parent is not None:
+            await self.send_bus_message(BusWorkerLocalErrorMessage(source=self._name, error=error))
+        else:
+            await self.send_bus_message(BusWorkerErrorMessage(source=self._name, error=error))
+
+    async def add_workers(self, *workers: BaseWorker, watch: bool = True) -> None:
+        """Add child workers to this worker's runner and session.
+
+        A child ends and is cancelled with its parent; its errors reach
+        :meth:`on_worker_failed`. With ``watch``, ``on_worker_ready`` fires as each one starts.
+        A worker that already has a parent is skipped (with a warning).
+        """
+        added: list[str] = []
+        for worker in workers:
+            if worker._parent is not None:
+                logger.warning(
+                    "worker %s already has parent %s; not added to %s",
+                    worker.name,
+                    worker._parent,
+                    self._name,
+                )
+                continue
+            worker._parent = self._name
+            self._children.append(worker)
+            added.append(worker.name)
+            await self.send_bus_message(BusAddWorkerMessage(source=self._name, worker=worker))
+        if watch and added:
+            await self.watch_workers(*added)
+
+    async def activate_worker(
+        self,
+        worker_name: str,
+        *,
+        args: WorkerActivationArgs | dict[str, Any] | None = None,
+        deactivate_self: bool = False,
+    ) -> None:
+        """Ask worker ``worker_name`` (local or remote) to become active, with ``args``.
+
+        With ``deactivate_self``, this worker becomes inactive first, so the two are never
+        active at once.
+        """
+        if deactivate_self and self._active:
+            self._active = False
+            await self.deactivate_worker(self._name)
+        data = args.to_dict() if isinstance(args, WorkerActivationArgs) else args
         await self.send_bus_message(
-            BusActivateWorkerMessage(source=self._name, target=name, args=args)
+            BusActivateWorkerMessage(source=self._name, target=worker_name, args=data)
         )
 
-    async def deactivate_worker(self, name: str) -> None:
-        """Ask worker ``name`` (local or remote) to become inactive."""
-        await self.send_bus_message(BusDeactivateWorkerMessage(source=self._name, target=name))
-
-    async def end_worker(self, name: str, reason: str | None = None) -> None:
-        """Ask worker ``name`` to end after its queued messages."""
+    async def deactivate_worker(self, worker_name: str) -> None:
+        """Ask worker ``worker_name`` (local or remote) to become inactive."""
         await self.send_bus_message(
-            BusEndWorkerMessage(source=self._name, target=name, reason=reason)
+            BusDeactivateWorkerMessage(source=self._name, target=worker_name)
         )
 
-    async def cancel_worker(self, name: str, reason: str | None = None) -> None:
-        """Ask worker ``name`` to stop at once."""
+    async def end_worker(self, worker_name: str, reason: str | None = None) -> None:
+        """Ask worker ``worker_name`` (this one too) to end after its queued messages."""
         await self.send_bus_message(
-            BusCancelWorkerMessage(source=self._name, target=name, reason=reason)
+            BusEndWorkerMessage(source=self._name, target=worker_name, reason=reason)
         )
 
-    # -- watching -----------------------------------------------------------------------------
+    async def cancel_worker(self, worker_name: str, reason: str | None = None) -> None:
+        """Ask worker ``worker_name`` (this one too) to stop at once."""
+        await self.send_bus_message(
+            BusCancelWorkerMessage(source=self._name, target=worker_name, reason=reason)
+        )
 
-    def watch_workers(self, *names: str) -> None:
-        """Fire ``on_worker_ready`` when each of ``names`` is ready (local or remote).
+    async def watch_workers(self, *worker_names: str) -> None:
+        """Fire ``on_worker_ready`` when each of ``worker_names`` is ready (local or remote).
 
         Fires at once for a worker that is ready now, and again if it comes back after going
         away (a link that reconnects). Watching ends when this worker stops.
         """
-        registry = self.runner.registry
-        for name in names:
-            self._watches.append(registry.watch(name, self._worker_became_ready))
+        registry = self.registry
+        for name in worker_names:
+            self._watching.add(name)
+            await registry.watch(name, self._on_watched_worker_ready)
 
-    def _worker_became_ready(self, entry: WorkerRegistryEntry) -> None:
+    async def _on_watched_worker_ready(self, data: WorkerReadyData) -> None:
         if self._state in (WorkerState.ENDING, WorkerState.FINISHED):
             return
-        self._tasks.spawn(self._fire_worker_ready(entry), name=f"ready:{entry.name}")
+        self._tasks.spawn(self._worker_became_ready(data), name=f"ready:{data.worker_name}")
 
-    async def _fire_worker_ready(self, entry: WorkerRegistryEntry) -> None:
-        await self.on_worker_ready(entry)
-        await self._call_event_handler("on_worker_ready", entry)
+    async def _worker_became_ready(self, data: WorkerReadyData) -> None:
+        handler = self._ready_handlers.get(data.worker_name)
+        if handler is not None:
+            await handler(data)
+        await self.on_worker_ready(data)
+        await self._call_event_handler("on_worker_ready", data)
 
-    async def on_worker_ready(self, entry: WorkerRegistryEntry) -> None:
-        """Hook: a watched worker is ready."""
+    # -- hooks --------------------------------------------------------------------------------
+
+    async def on_activated(self, args: dict[str, Any] | None) -> None:
+        """Hook: the worker became active, with the activation's ``args``."""
+
+    async def on_deactivated(self) -> None:
+        """Hook: the worker became inactive."""
+
+    async def on_worker_ready(self, data: WorkerReadyData) -> None:
+        """Hook: a watched worker is ready (see :meth:`watch_workers`)."""
+
+    async def on_worker_failed(self, data: WorkerErrorData) -> None:
+        """Hook: a child worker reported an error."""
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -411,11 +698,19 @@ class BaseWorker(EventEmitter):
         """
         return None
 
+    def accepts_bus_message(self, message: BusMessage) -> bool:
+        """Whether to handle ``message``; checked before each delivery. Override to filter.
+
+        The default takes everything while active; while inactive, only what the module
+        documentation lists.
+        """
+        return self._active or message.system or isinstance(message, _WHILE_INACTIVE)
+
     async def _receive(self, message: BusMessage) -> None:
         if self._state is WorkerState.ENDING:
             return  # stopping: what is still queued is discarded
-        if not self._active and not message.system and not isinstance(message, _WHILE_INACTIVE):
-            if isinstance(message, BusJobRequestMessage):
+        if not self.accepts_bus_message(message):
+            if isinstance(message, BusJobRequestMessage) and message.target == self._name:
                 await self._refuse_job(message, f"worker {self._name!r} is not active")
             return
         await self.on_bus_message(message)
@@ -423,442 +718,71 @@ class BaseWorker(EventEmitter):
     async def on_bus_message(self, message: BusMessage) -> None:
         """Handle a message from the bus.
 
-        Subclasses handle their own types and call ``super().on_bus_message(message)`` for the
-        others: the base class handles activation, end and cancel requests, and jobs.
-        Messages are delivered one at a time; a long operation here delays the next message,
-        so start it with :meth:`spawn` instead.
+        Subclasses handle their own types and call ``super().on_bus_message(message)``: the
+        base class handles activation, ending, errors and jobs, then fires the
+        ``on_bus_message`` event. Messages are delivered one at a time; a long operation here
+        delays the next message, so start it with :meth:`create_task` instead.
         """
+        if isinstance(message, BusFrameMessage):
+            return
+        if message.target is not None and message.target != self._name:
+            return
         handler = _DISPATCH.get(type(message))
         if handler is None:
             for cls, candidate in _DISPATCH.items():
                 if isinstance(message, cls):
                     handler = candidate
                     break
-            else:
-                return
-        await handler(self, message)
+        if handler is not None:
+            await handler(self, message)
+        await self._call_event_handler("on_bus_message", message)
 
     async def _on_activate(self, message: BusMessage) -> None:
         assert isinstance(message, BusActivateWorkerMessage)
-        if message.target != self._name:
-            return
+        self._activation_args = message.args
         self._active = True
+        await self._activated(message.args)
+
+    async def _activated(self, args: dict[str, Any] | None) -> None:
+        self._activation_args = args
         if self._runner is not None:
             self._runner.registry.update(self._name, active=True)
-        await self.on_activated(message.args)
-        await self._call_event_handler("on_activated", message.args)
+        await self.on_activated(args)
+        await self._call_event_handler("on_activated", args)
 
     async def _on_deactivate(self, message: BusMessage) -> None:
-        if message.target != self._name:
-            return
         self._active = False
+        self._activation_args = None
         if self._runner is not None:
             self._runner.registry.update(self._name, active=False)
         await self.on_deactivated()
         await self._call_event_handler("on_deactivated")
 
-    async def on_activated(self, args: dict[str, Any] | None) -> None:
-        """Hook: the worker was activated, with the sender's ``args``."""
-
-    async def on_deactivated(self) -> None:
-        """Hook: the worker was deactivated."""
-
     async def _on_end(self, message: BusMessage) -> None:
-        # A broadcast end is the runner's business; a worker obeys one addressed to it.
-        if message.target == self._name:
-            await self._finish(getattr(message, "reason", None), cancelled=False)
+        assert isinstance(message, BusEndWorkerMessage)
+        await self._finish(message.reason, cancelled=False)
 
     async def _on_cancel(self, message: BusMessage) -> None:
-        if message.target == self._name:
-            await self._finish(getattr(message, "reason", None), cancelled=True)
+        assert isinstance(message, BusCancelWorkerMessage)
+        await self._finish(message.reason, cancelled=True)
 
-    # -- jobs: requester side -----------------------------------------------------------------
-
-    async def start_job(
-        self,
-        worker_name: str,
-        *,
-        name: str | None = None,
-        payload: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> Job:
-        """Send a job request to ``worker_name`` and return its :class:`Job`.
-
-        Waits until ``worker_name`` is ready (local, or remote through a proxy). ``timeout``
-        bounds the whole job: readiness and answer. When it passes, the job is cancelled on
-        the serving side and ends here with :class:`JobTimeoutError`.
-
-        Raises:
-            JobTimeoutError: ``worker_name`` was not ready within ``timeout``.
-        """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            await self.runner.registry.wait_ready(worker_name, timeout)
-        except TimeoutError:
-            raise JobTimeoutError(
-                f"worker {worker_name!r} was not ready within {timeout}s"
-                " (is it running, and is the proxy to it connected?)",
-                job_id="",
-            ) from None
-        job = Job(self, str(uuid.uuid4()), worker_name, name, max_events=self.job_event_buffer)
-        self._requested[job.job_id] = job
-        if timeout is not None:
-            remaining = max(0.0, timeout - (loop.time() - started))
-            job._deadline = loop.call_later(remaining, self._job_deadline, job, timeout)
-        try:
-            await self.send_bus_message(
-                BusJobRequestMessage(
-                    source=self._name,
-                    target=worker_name,
-                    job_id=job.job_id,
-                    job_name=name,
-                    payload=payload,
-                )
-            )
-        except BaseException:
-            self._forget_job(job)
-            raise
-        return job
-
-    async def request_job(
-        self,
-        worker_name: str,
-        *,
-        name: str | None = None,
-        payload: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> str:
-        """Like :meth:`start_job`, returning only the job id.
-
-        The answer arrives in :meth:`on_job_response` (and :meth:`get_job` gives the
-        :class:`Job` until then).
-        """
-        job = await self.start_job(worker_name, name=name, payload=payload, timeout=timeout)
-        return job.job_id
-
-    @asynccontextmanager
-    async def job(
-        self,
-        worker_name: str,
-        *,
-        name: str | None = None,
-        payload: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> AsyncIterator[Job]:
-        """Run a job for the duration of an ``async with`` block::
-
-            async with worker.job("assistant", name="ask", payload={"q": "..."}) as job:
-                async for event in job:
-                    print(event)
-            print(job.response)
-
-        On leaving the block normally, waits for the final response and raises
-        :class:`JobFailedError`, :class:`JobCancelledError` or :class:`JobTimeoutError` if the
-        job did not complete. Leaving it with an exception (or a cancellation) cancels the job
-        on the serving side.
-        """
-        job = await self.start_job(worker_name, name=name, payload=payload, timeout=timeout)
-        try:
-            yield job
-        except BaseException:
-            if not job.done:
-                with suppress(BusError, asyncio.CancelledError):
-                    await asyncio.shield(self.cancel_job(job.job_id, "requester left the job"))
-            raise
-        else:
-            await job.wait()
-        finally:
-            self._forget_job(job)
-
-    def get_job(self, job_id: str) -> Job | None:
-        """The :class:`Job` this worker requested with ``job_id``, until it ends."""
-        return self._requested.get(job_id)
-
-    async def cancel_job(self, job_id: str, reason: str | None = None) -> None:
-        """Cancel a job this worker requested; it ends here as cancelled at once."""
-        job = self._requested.get(job_id)
-        if job is None:
-            return
-        self._forget_job(job)
-        job._finish(JobStatus.CANCELLED, None, reason or "cancelled by the requester")
-        await self.send_bus_message(
-            BusJobCancelMessage(source=self._name, target=job.target, job_id=job_id, reason=reason)
-        )
-
-    async def request_job_update(self, job_id: str) -> None:
-        """Ask the serving worker of a job for an update."""
-        job = self._requested.get(job_id)
-        if job is None:
-            raise ConfigurationError(f"worker {self._name!r} has no running job {job_id!r}")
-        await self.send_bus_message(
-            BusJobUpdateRequestMessage(source=self._name, target=job.target, job_id=job_id)
-        )
-
-    def _job_deadline(self, job: Job, timeout: float) -> None:
-        if job.done:
-            return
-        self._forget_job(job)
-        job._time_out(timeout)
-        if self._state is WorkerState.RUNNING:
-            self._tasks.spawn(
-                self._send_quietly(
-                    BusJobCancelMessage(
-                        source=self._name, target=job.target, job_id=job.job_id, reason="timeout"
-                    )
-                ),
-                name=f"job-timeout:{job.job_id}",
-            )
-
-    async def _send_quietly(self, message: BusMessage) -> None:
-        try:
-            await self.send_bus_message(message)
-        except BusError as exc:
-            logger.debug("worker %s could not send %s: %s", self._name, type(message).__name__, exc)
-
-    def _forget_job(self, job: Job) -> None:
-        self._requested.pop(job.job_id, None)
-        if job._deadline is not None:
-            job._deadline.cancel()
-            job._deadline = None
-
-    async def _on_job_reply(self, message: BusMessage) -> None:
-        assert isinstance(message, (BusJobResponseMessage, BusJobResponseUrgentMessage))
-        job = self._requested.get(message.job_id)
-        if job is None or message.source != job.target:
-            logger.debug(
-                "worker %s: no job %s from %s awaits an answer",
-                self._name,
-                message.job_id,
-                message.source,
-            )
-            return
-        self._forget_job(job)
-        job._finish(JobStatus(message.status), message.response)
-        await self.on_job_response(message)
-
-    async def _on_job_event(self, message: BusMessage) -> None:
-        assert isinstance(message, _JOB_EVENTS)
-        job = self._requested.get(message.job_id)
-        if job is None or message.source != job.target:
-            return
-        job._push(message)
-        await self.on_job_event(message)
-
-    async def on_job_response(
-        self, message: BusJobResponseMessage | BusJobResponseUrgentMessage
-    ) -> None:
-        """Hook: the final answer of a job this worker requested (the :class:`Job` is done)."""
-
-    async def on_job_event(self, message: JobEvent) -> None:
-        """Hook: an update or stream message of a job this worker requested."""
-
-    # -- jobs: serving side -------------------------------------------------------------------
-
-    async def on_job_request(self, message: BusJobRequestMessage) -> dict[str, Any] | None:
-        """Hook: run the job ``message`` asks for. Override to serve jobs.
-
-        Runs in its own task, so the worker keeps receiving messages (updates requests,
-        cancellation) meanwhile. Send progress with :meth:`send_job_update` and the stream
-        methods. The job ends with the first of:
-
-        - :meth:`send_job_response` called here;
-        - returning: the return value (a dict or ``None``) is sent as a ``completed`` response;
-        - raising: the requester gets status ``error`` with ``{"error": "<message>"}``;
-        - cancellation (by the requester, or the worker stopping): status ``cancelled``.
-
-        The default answers ``error``: this worker does not serve jobs.
-        """
-        raise NotImplementedError(f"worker {self._name!r} does not serve jobs")
-
-    async def on_job_update_request(self, message: BusJobUpdateRequestMessage) -> None:
-        """Hook: the requester of a job asks for an update. The default does nothing."""
-
-    async def _on_job_request(self, message: BusMessage) -> None:
-        assert isinstance(message, BusJobRequestMessage)
-        if message.target != self._name:
-            return
-        running = self._served.get(message.job_id)
-        if running is not None:
-            if running.requester == message.source:
-                # A repeat of a running request: answering it would end the original job.
-                logger.warning(
-                    "worker %s ignored a repeated request for running job %s from %s",
-                    self._name,
-                    message.job_id,
-                    message.source,
-                )
-            else:
-                await self._refuse_job(message, f"job id {message.job_id!r} is already taken")
-            return
-        served = _ServedJob(requester=message.source, name=message.job_name)
-        self._served[message.job_id] = served
-        served.task = self._tasks.spawn(self._serve(message, served), name=f"job:{message.job_id}")
-
-    async def _serve(self, message: BusJobRequestMessage, served: _ServedJob) -> None:
-        job_id = message.job_id
-        try:
-            result: object = await self.on_job_request(message)
-        except asyncio.CancelledError:
-            if not served.answered:
-                await self._answer_quietly(job_id, served, JobStatus.CANCELLED, None)
-            raise
-        except Exception as exc:
-            if not isinstance(exc, NotImplementedError):
-                logger.exception("job %s of worker %s failed", job_id, self._name)
-            if not served.answered:
-                await self._answer_quietly(job_id, served, JobStatus.ERROR, {"error": str(exc)})
-        else:
-            if not served.answered:
-                if result is not None and not isinstance(result, dict):
-                    logger.error(
-                        "on_job_request() of %s returned %s, not a dict or None",
-                        self._name,
-                        type(result).__name__,
-                    )
-                    await self._answer_quietly(
-                        job_id, served, JobStatus.ERROR, {"error": "invalid job result"}
-                    )
-                else:
-                    await self._answer_quietly(job_id, served, JobStatus.COMPLETED, result)
-        finally:
-            self._served.pop(job_id, None)
-
-    async def _answer_quietly(
-        self,
-        job_id: str,
-        served: _ServedJob,
-        status: JobStatus,
-        response: dict[str, Any] | None,
-    ) -> None:
-        served.answered = True
-        await self._send_quietly(
-            BusJobResponseMessage(
-                source=self._name,
-                target=served.requester,
-                job_id=job_id,
-                status=status,
-                response=response,
-            )
-        )
-
-    async def _refuse_job(self, message: BusJobRequestMessage, reason: str) -> None:
-        logger.info(
-            "worker %s refused job %s from %s: %s",
-            self._name,
-            message.job_id,
-            message.source,
-            reason,
-        )
-        await self._send_quietly(
-            BusJobResponseMessage(
-                source=self._name,
-                target=message.source,
-                job_id=message.job_id,
-                status=JobStatus.ERROR,
-                response={"error": reason},
-            )
-        )
-
-    async def _on_job_cancel(self, message: BusMessage) -> None:
-        assert isinstance(message, BusJobCancelMessage)
-        served = self._served.get(message.job_id)
-        # Only the requester may cancel its job.
-        if served is None or served.requester != message.source or served.task is None:
-            return
-        served.task.cancel()
-
-    async def _on_job_update_request(self, message: BusMessage) -> None:
-        assert isinstance(message, BusJobUpdateRequestMessage)
-        served = self._served.get(message.job_id)
-        if served is not None and served.requester == message.source:
-            await self.on_job_update_request(message)
-
-    def _served_job(self, job_id: str) -> _ServedJob:
-        served = self._served.get(job_id)
-        if served is None:
-            raise ConfigurationError(
-                f"worker {self._name!r} is not serving a job {job_id!r}"
-                " (it ended, or it was never requested)"
-            )
-        return served
-
-    async def send_job_response(
-        self,
-        job_id: str,
-        response: dict[str, Any] | None = None,
-        *,
-        status: JobStatus | str = JobStatus.COMPLETED,
-        urgent: bool = False,
-    ) -> None:
-        """Send the final answer of a job this worker serves.
-
-        Raises:
-            ConfigurationError: no such job is being served (it has already been answered).
-        """
-        served = self._served_job(job_id)
-        if served.answered:
-            raise ConfigurationError(f"job {job_id!r} has already been answered")
-        served.answered = True
-        cls = BusJobResponseUrgentMessage if urgent else BusJobResponseMessage
-        await self.send_bus_message(
-            cls(
-                source=self._name,
-                target=served.requester,
-                job_id=job_id,
-                status=JobStatus(status),
-                response=response,
-            )
-        )
-
-    async def send_job_update(
-        self, job_id: str, update: dict[str, Any] | None = None, *, urgent: bool = False
-    ) -> None:
-        """Send progress of a job this worker serves (urgent: ahead of queued data)."""
-        served = self._served_job(job_id)
-        cls = BusJobUpdateUrgentMessage if urgent else BusJobUpdateMessage
-        await self.send_bus_message(
-            cls(source=self._name, target=served.requester, job_id=job_id, update=update)
-        )
-
-    async def send_job_stream_start(self, job_id: str, data: dict[str, Any] | None = None) -> None:
-        """Open the stream of a job this worker serves."""
-        served = self._served_job(job_id)
-        await self.send_bus_message(
-            BusJobStreamStartMessage(
-                source=self._name, target=served.requester, job_id=job_id, data=data
-            )
-        )
-
-    async def send_job_stream_data(self, job_id: str, data: dict[str, Any] | None = None) -> None:
-        """Send one chunk of the stream of a job this worker serves."""
-        served = self._served_job(job_id)
-        await self.send_bus_message(
-            BusJobStreamDataMessage(
-                source=self._name, target=served.requester, job_id=job_id, data=data
-            )
-        )
-
-    async def send_job_stream_end(self, job_id: str, data: dict[str, Any] | None = None) -> None:
-        """Close the stream of a job this worker serves."""
-        served = self._served_job(job_id)
-        await self.send_bus_message(
-            BusJobStreamEndMessage(
-                source=self._name, target=served.requester, job_id=job_id, data=data
-            )
-        )
-
+    async def _on_worker_error(self, message: BusMessage) -> None:
+        assert isinstance(message, (BusWorkerErrorMessage, BusWorkerLocalErrorMessage))
+        if any(child.name == message.source for child in self._children):
+            data = WorkerErrorData(worker_name=message.source, error=message.error)
+            await self.on_worker_failed(data)
+            await self._call_event_handler("on_worker_failed", data)
 
 _DISPATCH: dict[type[BusMessage], Any] = {
     BusActivateWorkerMessage: BaseWorker._on_activate,
     BusDeactivateWorkerMessage: BaseWorker._on_deactivate,
-    BusEndMessage: BaseWorker._on_end,
     BusEndWorkerMessage: BaseWorker._on_end,
-    BusCancelMessage: BaseWorker._on_cancel,
     BusCancelWorkerMessage: BaseWorker._on_cancel,
+    BusWorkerErrorMessage: BaseWorker._on_worker_error,
+    BusWorkerLocalErrorMessage: BaseWorker._on_worker_error,
     BusJobRequestMessage: BaseWorker._on_job_request,
-    BusJobResponseMessage: BaseWorker._on_job_reply,
-    BusJobResponseUrgentMessage: BaseWorker._on_job_reply,
+    BusJobResponseMessage: BaseWorker._on_job_response,
+    BusJobResponseUrgentMessage: BaseWorker._on_job_response,
     BusJobUpdateMessage: BaseWorker._on_job_event,
     BusJobUpdateUrgentMessage: BaseWorker._on_job_event,
     BusJobStreamStartMessage: BaseWorker._on_job_event,

@@ -105,11 +105,13 @@ class Probe(BaseWorker):
                 self._arrived.clear()
                 await self._arrived.wait()
 
-    async def on_start(self) -> None:
-        self.hooks.append(("on_start",))
+    async def start(self) -> None:
+        self.hooks.append(("start",))
+        await super().start()
 
-    async def on_stop(self) -> None:
-        self.hooks.append(("on_stop",))
+    async def stop(self) -> None:
+        self.hooks.append(("stop",))
+        await super().stop()
 
     async def on_activated(self, args: dict[str, Any] | None) -> None:
         self.hooks.append(("on_activated", args))
@@ -152,8 +154,8 @@ async def assert_no_leaks(runner: WorkerRunner, *workers: BaseWorker) -> None:
     """After the jobs are over: no job state, no task, no registry watcher is left behind."""
     await settle(*workers)
     for worker in workers:
-        assert worker._requested == {}, worker.name
-        assert worker._served == {}, worker.name
+        assert worker.job_groups == {}, worker.name
+        assert worker.active_jobs == {}, worker.name
         assert len(worker._tasks) == 0, worker.name
     assert runner.registry.watcher_count() == 0
 

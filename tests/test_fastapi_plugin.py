@@ -24,6 +24,10 @@ from fastapi_busproxy import (
     APIKeyHeaderAuth,
     BaseWorker,
     BearerTokenAuth,
+    BusCancelMessage,
+    BusCancelWorkerMessage,
+    BusEndMessage,
+    BusEndWorkerMessage,
     BusMessage,
     BusProxySettings,
     BusSession,
@@ -79,9 +83,9 @@ def record_added_workers(app: FastAPI) -> list[str]:
     added: list[str] = []
     add_workers = runner.add_workers
 
-    async def recording(*workers: BaseWorker) -> None:
+    async def recording(*workers: BaseWorker, **options: Any) -> None:
         added.extend(worker.name for worker in workers)
-        await add_workers(*workers)
+        await add_workers(*workers, **options)
 
     runner.add_workers = recording  # type: ignore[method-assign]
     return added
@@ -154,7 +158,8 @@ def leave(client: TestClient, ws: Any, *session_workers: BaseWorker) -> None:
     """Disconnect as a remote peer does and wait until the session's workers have finished.
 
     Leaving a ``websocket_connect`` block instead also cancels the endpoint, which may
-    interrupt the session's clean-up (see the xfail test of section 6).
+    interrupt the session's clean-up (see
+    ``test_session_workers_are_removed_when_the_endpoint_is_cancelled``).
     """
     ws.close(CloseCode.NORMAL_CLOSURE)
     for worker in session_workers:
@@ -651,8 +656,9 @@ def test_async_session_workers_and_async_names() -> None:
 class SlowToStop(Echo):
     """An assistant whose clean-up takes a moment (a flush, a goodbye to a backend)."""
 
-    async def on_stop(self) -> None:
+    async def stop(self) -> None:
         await asyncio.sleep(0.2)  # the work itself, not a wait for something
+        await super().stop()
 
 
 def test_session_workers_are_removed_when_the_endpoint_is_cancelled() -> None:
@@ -814,3 +820,68 @@ def test_a_limit_too_small_for_the_protocol_is_refused() -> None:
             remote_worker_name="b",
             max_message_size=100,
         )
+
+
+# -- 9. ending a session -----------------------------------------------------------------------
+
+PEER_ENDS = {
+    "end": BusEndMessage(source="a", reason="bye"),
+    "end to its worker": BusEndMessage(source="a", target="assistant"),
+    "end the shared worker": BusEndWorkerMessage(source="a", target="assistant"),
+    "cancel": BusCancelMessage(source="a"),
+    "cancel the shared worker": BusCancelWorkerMessage(source="a", target="assistant"),
+}
+
+
+@pytest.mark.parametrize("kind", list(PEER_ENDS))
+def test_a_peer_ends_only_its_own_connection(kind: str) -> None:
+    """A peer's end or cancel ends its own session: never the shared worker, nor the app."""
+    app, echo = app_with_echo()
+    include_bus_proxy(app, "/ws/{caller}", "assistant", remote_worker_name=caller_from_path)
+    with TestClient(app) as client:
+        runner = runner_of(app)
+        with client.websocket_connect("/ws/a") as a, client.websocket_connect("/ws/b") as b:
+            expect_registry(a)
+            expect_registry(b)
+            proxy = runner.get_worker("gateway:a")
+            assert proxy is not None
+            send(a, PEER_ENDS[kind])
+            assert close_code(a) == CloseCode.GOING_AWAY
+            wait_for(client, proxy)
+            assert runner.get_worker("gateway:a") is None
+            # The shared worker still answers the other connection.
+            ping_pong(b, "b", "still here")
+            assert echo.state is WorkerState.RUNNING
+            assert "assistant" in runner.registry
+            assert runner.state is RunnerState.RUNNING
+            assert proxy.stats.rejected == 0
+    assert [m.text for m in echo.received] == ["still here"]  # type: ignore[attr-defined]
+
+
+class HangingUp(Echo):
+    """An assistant that ends its session when its caller says "bye"."""
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if isinstance(message, Ping) and message.text == "bye":
+            await self.end(reason="the caller said bye")
+        else:
+            await super().on_bus_message(message)
+
+
+def test_a_session_worker_ends_its_own_session_only() -> None:
+    app, made = session_app(HangingUp)
+    with TestClient(app) as client:
+        runner = runner_of(app)
+        with client.websocket_connect("/ws/ann") as ann, client.websocket_connect("/ws/bob") as bob:
+            expect_registry(ann, "assistant-ann")
+            expect_registry(bob, "assistant-bob")
+            proxy = runner.get_worker("gateway:ann")
+            assert proxy is not None
+            send(ann, Ping(source="ann", target="assistant-ann", text="bye"))
+            assert close_code(ann) == CloseCode.GOING_AWAY
+            wait_for(client, made[0])
+            wait_for(client, proxy)
+            assert runner.get_worker("assistant-ann") is None
+            ping_pong(bob, "bob", "still here", worker="assistant-bob")
+            assert runner.state is RunnerState.RUNNING
+            leave(client, bob, made[1])

@@ -20,18 +20,23 @@ from fastapi_busproxy.messages import (
     BusEndMessage,
     BusEndWorkerMessage,
     BusFrameMessage,
+    BusJobCancelMessage,
     BusJobRequestMessage,
     BusJobResponseMessage,
     BusLocalMessage,
     BusMessage,
-    BusSystemMessage,
     BusWorkerReadyMessage,
     BusWorkerRegistryMessage,
     FrameDirection,
     JobStatus,
     WorkerRegistryEntry,
 )
-from fastapi_busproxy.proxy.forwarding import ForwardingRules, Refusal
+from fastapi_busproxy.proxy.forwarding import (
+    ForwardingRules,
+    Refusal,
+    SessionControl,
+    session_control,
+)
 
 LOCAL = "worker"
 REMOTE = "voice"
@@ -238,17 +243,13 @@ INBOUND = [
     pytest.param(ready(OTHER), Refusal.FORGED_SOURCE, id="ready-from-other"),
     pytest.param(ready(LOCAL), Refusal.FORGED_SOURCE, id="ready-claims-local"),
     pytest.param(ready(REMOTE, OTHER), Refusal.WRONG_TARGET, id="ready-to-other"),
-    # end and cancel: never the runner, only the local worker
-    pytest.param(BusEndMessage(source=REMOTE), Refusal.RUNNER_CONTROL, id="end-untargeted"),
-    pytest.param(BusCancelMessage(source=REMOTE), Refusal.RUNNER_CONTROL, id="cancel-untargeted"),
-    pytest.param(
-        BusEndWorkerMessage(source=REMOTE), Refusal.RUNNER_CONTROL, id="end-worker-untargeted"
-    ),
-    pytest.param(
-        BusCancelWorkerMessage(source=REMOTE),
-        Refusal.RUNNER_CONTROL,
-        id="cancel-worker-untargeted",
-    ),
+    # end and cancel: from the remote worker, untargeted or to the local worker; the proxy
+    # turns them into the end of its own session (see session_control)
+    pytest.param(BusEndMessage(source=REMOTE), None, id="end-untargeted"),
+    pytest.param(BusCancelMessage(source=REMOTE), None, id="cancel-untargeted"),
+    pytest.param(BusEndWorkerMessage(source=REMOTE), None, id="end-worker-untargeted"),
+    pytest.param(BusCancelWorkerMessage(source=REMOTE), None, id="cancel-worker-untargeted"),
+    pytest.param(BusEndMessage(source=OTHER), Refusal.FORGED_SOURCE, id="end-untargeted-forged"),
     pytest.param(BusEndMessage(source=REMOTE, target=LOCAL), None, id="end-local"),
     pytest.param(BusCancelMessage(source=REMOTE, target=LOCAL), None, id="cancel-local"),
     pytest.param(BusEndWorkerMessage(source=REMOTE, target=LOCAL), None, id="end-worker-local"),
@@ -309,19 +310,24 @@ def test_forward_sources_replace_the_remote_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "message",
+    ("message", "control"),
     [
-        pytest.param(BusEndMessage(source=REMOTE), id="end"),
-        pytest.param(BusCancelMessage(source=REMOTE), id="cancel"),
+        pytest.param(BusEndMessage(source=REMOTE), SessionControl.END, id="end"),
+        pytest.param(BusEndWorkerMessage(source=REMOTE), SessionControl.END, id="end-worker"),
+        pytest.param(BusCancelMessage(source=REMOTE), SessionControl.CANCEL, id="cancel"),
+        pytest.param(
+            BusCancelWorkerMessage(source=REMOTE), SessionControl.CANCEL, id="cancel-worker"
+        ),
+        pytest.param(data(REMOTE, LOCAL), None, id="data"),
+        pytest.param(
+            BusJobCancelMessage(source=REMOTE, target=LOCAL, job_id="j"), None, id="job"
+        ),
     ],
 )
-def test_forwarding_runner_control_types_does_not_open_the_runner(message: BusMessage) -> None:
-    rules = ForwardingRules.build(
-        local_worker=LOCAL,
-        remote_worker=REMOTE,
-        forward_types=(BusEndMessage, BusSystemMessage),
-    )
-    assert rules.check_inbound(message) is Refusal.RUNNER_CONTROL
+def test_session_control_classifies_end_and_cancel(
+    message: BusMessage, control: SessionControl | None
+) -> None:
+    assert session_control(message) is control
 
 
 def test_refusal_values_are_the_counter_keys() -> None:
@@ -330,7 +336,6 @@ def test_refusal_values_are_the_counter_keys() -> None:
         "forged_source",
         "wrong_target",
         "foreign_registry",
-        "runner_control",
     }
 
 

@@ -18,7 +18,9 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from fastapi_busproxy import (
+    BusCancelMessage,
     BusEndMessage,
+    BusEndWorkerMessage,
     BusMessage,
     BusWorkerRegistryMessage,
     CloseCode,
@@ -130,7 +132,12 @@ BAD_FRAMES = {
     ),
     "forged source": ("message", Ping(source="admin", target="worker", text="x"), "forged_source"),
     "wrong target": ("message", Ping(source="voice", target="billing", text="x"), "wrong_target"),
-    "runner end": ("message", BusEndMessage(source="voice", reason="bye"), "runner_control"),
+    "forged end": ("message", BusEndMessage(source="admin", reason="bye"), "forged_source"),
+    "end of another worker": (
+        "message",
+        BusEndWorkerMessage(source="voice", target="billing"),
+        "wrong_target",
+    ),
     "phantom registry": (
         "message",
         BusWorkerRegistryMessage(
@@ -215,14 +222,39 @@ def test_oversized_message_closes_with_1009() -> None:
     assert app.worker.received == []
 
 
-def test_remote_end_reaches_only_the_targeted_worker(server: tuple[App, TestClient]) -> None:
+@pytest.mark.parametrize(
+    "message",
+    [
+        BusEndMessage(source="voice", reason="done"),
+        BusEndMessage(source="voice", target="worker", reason="done"),
+        BusEndWorkerMessage(source="voice", target="worker", reason="done"),
+        BusCancelMessage(source="voice", reason="done"),
+    ],
+    ids=["end", "end to the worker", "end the worker", "cancel"],
+)
+def test_a_remote_end_closes_only_that_peers_connection(
+    server: tuple[App, TestClient], message: BusMessage
+) -> None:
+    """A proxy added by hand has a session of its own: the peer's end or cancel ends it (the
+    connection closes with 1001), never the shared worker nor the app's runner."""
     app, client = server
-    with client.websocket_connect("/ws") as ws:
-        expect_registry(ws)
-        send(ws, BusEndMessage(source="voice", target="worker", reason="done"))
-        client.portal.call(app.worker.wait)  # type: ignore[union-attr]
+    with client.websocket_connect("/ws") as first, client.websocket_connect("/ws") as second:
+        expect_registry(first)
+        expect_registry(second)
+        ending, staying = app.proxies
+        assert ending.session is not app.runner.session
+        assert ending.session is not staying.session
+        send(first, message)
+        with pytest.raises(WebSocketDisconnect) as info:
+            first.receive_bytes()
+        assert info.value.code == CloseCode.GOING_AWAY
+        client.portal.call(ending.wait)  # type: ignore[union-attr]
+        assert ending.stats.rejected == 0
+        ping_pong(second, "still served")
+        assert app.worker.state.value == "running"
+        assert "worker" in app.runner.registry
     assert app.runner.state.value == "running"
-    assert "worker" not in app.runner.registry
+    assert [m.text for m in app.worker.received] == ["still served"]  # type: ignore[attr-defined]
 
 
 def test_client_readiness_registers_remote_worker_until_disconnect(

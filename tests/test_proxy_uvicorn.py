@@ -13,9 +13,13 @@ from fastapi import FastAPI, WebSocket
 from fastapi_busproxy import (
     BaseWorker,
     BusDataMessage,
+    BusEndMessage,
+    BusEndWorkerMessage,
     BusJobRequestMessage,
     BusMessage,
     CloseCode,
+    JobEvent,
+    JSONMessageSerializer,
     WebSocketProxyClient,
     WebSocketProxyServer,
     WorkerRunner,
@@ -34,8 +38,11 @@ class Assistant(BaseWorker):
         await self.send_job_stream_start(message.job_id)
         for word in ("hello", "world"):
             await self.send_job_stream_data(message.job_id, {"text": word})
-        await self.send_job_stream_end(message.job_id)
-        return {"answer": (message.payload or {}).get("q", 0) * 2}
+        # The end of the stream answers the job: its data is the response.
+        await self.send_job_stream_end(
+            message.job_id, {"answer": (message.payload or {}).get("q", 0) * 2}
+        )
+        return None
 
 
 def make_server_app(local: BaseWorker, remote_name: str) -> tuple[FastAPI, WorkerRunner]:
@@ -82,14 +89,14 @@ async def test_job_round_trip_client_to_server() -> None:
             events = []
             async with voice.job("assistant", name="ask", payload={"q": 21}, timeout=10) as job:
                 async for event in job:
-                    events.append(type(event).__name__)
+                    events.append((event.type, event.data))
             assert job.response == {"answer": 42}
             assert events == [
-                "BusJobUpdateMessage",
-                "BusJobStreamStartMessage",
-                "BusJobStreamDataMessage",
-                "BusJobStreamDataMessage",
-                "BusJobStreamEndMessage",
+                (JobEvent.UPDATE, {"progress": 0.5}),
+                (JobEvent.STREAM_START, None),
+                (JobEvent.STREAM_DATA, {"text": "hello"}),
+                (JobEvent.STREAM_DATA, {"text": "world"}),
+                (JobEvent.STREAM_END, {"answer": 42}),
             ]
             assert proxy.subprotocol == "busproxy.v1.json"
             assert proxy.stats.messages_in >= 6
@@ -132,6 +139,42 @@ async def test_job_round_trip_server_to_client() -> None:
         for gateway in proxies:
             await asyncio.wait_for(gateway.wait(), 10)
         assert "voice" not in server_runner.registry
+
+
+@pytest.mark.parametrize("how", ["end", "cancel"])
+async def test_the_server_side_can_end_the_client_script(how: str) -> None:
+    """An end request from the peer ends the proxy's session: in a script, the runner."""
+    assistant = Assistant("assistant")
+    app, server_runner = make_server_app(assistant, "voice")
+    async with running_uvicorn(app) as server:
+        runner = WorkerRunner(name="client-runner", handle_sigint=False)
+        voice = BaseWorker("voice")
+        proxy = WebSocketProxyClient(
+            "proxy",
+            url=server.url("/ws"),
+            remote_worker_name="assistant",
+            local_worker_name="voice",
+            active=True,
+            reconnect=FAST_RETRY,
+        )
+        await runner.add_workers(voice, proxy)
+        script = asyncio.create_task(runner.run())
+        try:
+            await asyncio.wait_for(server_runner.registry.wait_ready("voice"), 10)
+            if how == "end":
+                await assistant.end_worker("voice", "the call is over")
+            else:
+                await assistant.cancel_worker("voice", "the call is over")
+            await asyncio.wait_for(asyncio.shield(script), 5)
+        finally:
+            if not script.done():  # the bug: cancelling run() still stops the runner
+                script.cancel()
+                await asyncio.wait([script])
+        assert voice.finished
+        assert proxy.finished
+        # The server's side goes on: its worker, its runner.
+        assert assistant.state.value == "running"
+        assert server_runner.state.value == "running"
 
 
 @dataclass(kw_only=True)
@@ -227,8 +270,6 @@ async def test_reconnect_flushes_outbox_in_order_after_server_restart() -> None:
 async def test_bad_frames_from_raw_client_over_uvicorn() -> None:
     import websockets
 
-    from fastapi_busproxy import BusEndMessage, JSONMessageSerializer
-
     codec = JSONMessageSerializer()
     recorder = Recorder("assistant")
     app, server_runner = make_server_app(recorder, "voice")
@@ -239,7 +280,8 @@ async def test_bad_frames_from_raw_client_over_uvicorn() -> None:
         b'{"__type__":"pydantic.main.BaseModel","__data__":{}}',
         codec.serialize(Note(source="intruder", target="assistant", n=666)),
         codec.serialize(Note(source="voice", target="billing", n=667)),
-        codec.serialize(BusEndMessage(source="voice")),
+        codec.serialize(BusEndMessage(source="intruder")),
+        codec.serialize(BusEndWorkerMessage(source="voice", target="billing")),
     ]
     async with running_uvicorn(app) as server:
         async with websockets.connect(server.url("/ws"), compression=None) as ws:
@@ -253,7 +295,21 @@ async def test_bad_frames_from_raw_client_over_uvicorn() -> None:
             gateway = next(w for w in server_runner.workers if isinstance(w, WebSocketProxyServer))
             assert gateway.stats.rejected == len(bad_frames)
             assert gateway.connected
+
+            # The peer's own end is no bad frame: it ends its connection, and only that.
+            await ws.send(codec.serialize(BusEndMessage(source="voice", reason="bye")))
+
+            async def read_until_closed() -> None:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await read_until_closed()
+            assert info.value.rcvd is not None
+            assert info.value.rcvd.code == CloseCode.GOING_AWAY
+            await asyncio.wait_for(gateway.wait(), 10)
         assert server_runner.state.value == "running"
+        assert recorder.state.value == "running"
 
 
 async def test_slow_reader_is_cut_off_by_policy_with_bounded_memory() -> None:

@@ -9,12 +9,20 @@ import re
 import anyio
 import pytest
 
-from fastapi_busproxy import InMemoryBus, WorkerRunner
+from fastapi_busproxy import (
+    InMemoryBus,
+    InvalidStateError,
+    WorkerReadyData,
+    WorkerRunner,
+    WorkerSession,
+)
 from fastapi_busproxy.exceptions import ConfigurationError, DuplicateWorkerError
 from fastapi_busproxy.messages import (
     BusAddWorkerMessage,
     BusCancelMessage,
+    BusCancelWorkerMessage,
     BusEndMessage,
+    BusEndWorkerMessage,
     BusMessage,
     BusWorkerReadyMessage,
     BusWorkerRegistryMessage,
@@ -51,17 +59,32 @@ async def test_defaults_and_a_given_bus() -> None:
 
 async def test_workers_added_before_the_start_start_with_the_runner() -> None:
     runner = WorkerRunner(name="r")
+    ready_at_on_ready: list[list[str]] = []
+
+    @runner.event_handler("on_ready")
+    def on_ready(runner: WorkerRunner) -> None:
+        ready_at_on_ready.append(runner.registry.local_workers)
+
     worker = Probe("w")
     await runner.add_workers(worker)
     assert runner.get_worker("w") is worker
     assert runner.workers == [worker]
     assert "w" not in runner.registry
+    # Attached at once: the worker knows its runner before it starts.
+    assert worker.runner is runner
+    assert worker.worker_runner is runner
+    assert worker.bus is runner.bus
+    assert worker.registry is runner.registry
+    assert worker.session is runner.session
+    assert worker.hooks == []
 
     async with runner:
         assert runner.state is RunnerState.RUNNING
         assert runner.bus.running
+        assert ready_at_on_ready == [["w"]]
         assert "w" in runner.registry
-        entry = runner.registry.get("w")
+        assert runner.registry.get("w") == WorkerReadyData(worker_name="w", runner="r")
+        entry = runner.registry.entry("w")
         assert entry == WorkerRegistryEntry(name="w", active=True, started_at=worker.started_at)
         late = Probe("late")
         await runner.add_workers(late)  # added while running: started at once
@@ -92,7 +115,7 @@ async def test_duplicate_names_are_refused() -> None:
 async def test_a_finished_worker_is_removed_and_its_name_can_be_used_again() -> None:
     first = Probe("w")
     async with running(first) as runner:
-        await first.end()
+        await first.end_worker("w")
         await wait_finished(first)
         assert runner.get_worker("w") is None
         assert "w" not in runner.registry
@@ -107,18 +130,40 @@ async def test_run_returns_when_every_worker_has_finished() -> None:
     a, b = Probe("a"), Probe("b")
     await runner.add_workers(a, b)
     task = await start_run(runner, "a", "b")
-    await a.end()
+    await a.end_worker("a")
     await wait_finished(a)
     assert not task.done()
-    await b.cancel()
+    await a.cancel_worker("b")
     await finish(task)
     assert runner.state is RunnerState.FINISHED
     assert not runner.bus.running
 
-    with pytest.raises(ConfigurationError, match="runs once"):
+    with pytest.raises(InvalidStateError, match="runs once"):
         await runner.start()
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(InvalidStateError):
         await runner.add_workers(Probe("c"))
+    assert runner.get_worker("c") is None
+
+
+async def test_a_runner_that_is_ending_takes_no_more_workers() -> None:
+    refused: list[BaseException] = []
+
+    class Spawner(Probe):
+        async def stop(self) -> None:
+            try:
+                await self.runner.add_workers(Probe("too-late"))
+            except InvalidStateError as exc:
+                refused.append(exc)
+            await super().stop()
+
+    runner = WorkerRunner()
+    await runner.add_workers(Spawner("spawner"))
+    task = await start_run(runner, "spawner", auto_end=False)
+    await runner.end("closing")
+    await finish(task)
+    assert len(refused) == 1
+    assert "ending" in str(refused[0])
+    assert runner.get_worker("too-late") is None
 
 
 async def test_run_without_workers_returns_at_once() -> None:
@@ -132,7 +177,7 @@ async def test_run_without_auto_end_runs_until_end() -> None:
     worker = Probe("w")
     await runner.add_workers(worker)
     task = await start_run(runner, "w", auto_end=False)
-    await worker.end()
+    await worker.end_worker("w")
     await wait_finished(worker)
     await runner.add_workers(Probe("again"))  # still running: more workers may come
     assert not task.done()
@@ -217,11 +262,14 @@ async def test_remote_workers_are_registered_by_links_only(
         await runner.bus.send(ready)
         for name in ("far-1", "far-2", "far-3"):
             await runner.registry.wait_ready(name, timeout=5)
-        entry = runner.registry.get("far-3")
+        entry = runner.registry.entry("far-3")
         assert entry is not None
         assert entry.active
+        assert runner.registry.get("far-1") == WorkerReadyData("far-1", runner="peer-runner")
         assert not runner.registry.is_local("far-1")
         assert runner.registry.origin_of("far-1") == "link-1"
+        assert runner.registry.local_workers == ["local"]
+        assert sorted(runner.registry.remote_workers) == ["far-1", "far-2", "far-3"]
 
         # A link going down takes exactly its own workers away.
         assert sorted(runner.registry.unregister_origin("link-1")) == ["far-1", "far-2"]
@@ -283,17 +331,24 @@ async def test_a_local_cancel_message_cancels_the_runner() -> None:
     assert worker.texts() == ["1"]
 
 
-@pytest.mark.parametrize("how", ["end", "cancel"])
+@pytest.mark.parametrize("how", ["runner.end", "runner.cancel", "worker.end", "worker.cancel"])
 @pytest.mark.parametrize("where", ["handler", "worker task"])
 async def test_a_worker_can_end_the_runner(how: str, where: str) -> None:
+    """In a script (the root session), a worker's end() or cancel() ends the whole runner."""
+
     class Closer(Probe):
         async def on_bus_message(self, message: BusMessage) -> None:
             if isinstance(message, Hello):
-                stop = self.runner.end if how == "end" else self.runner.cancel
+                stop = {
+                    "runner.end": lambda: self.runner.end(message.text),
+                    "runner.cancel": lambda: self.runner.cancel(message.text),
+                    "worker.end": lambda: self.end(reason=message.text),
+                    "worker.cancel": lambda: self.cancel(reason=message.text),
+                }[how]
                 if where == "handler":
-                    await stop(message.text)
+                    await stop()
                 else:
-                    self.spawn(stop(message.text), name="closing")
+                    self.create_task(stop(), name="closing")
             else:
                 await super().on_bus_message(message)
 
@@ -308,13 +363,29 @@ async def test_a_worker_can_end_the_runner(how: str, where: str) -> None:
     assert runner.state is RunnerState.FINISHED
 
 
-async def test_an_end_message_for_a_worker_ends_only_that_worker() -> None:
+@pytest.mark.parametrize("kind", [BusEndWorkerMessage, BusCancelWorkerMessage])
+async def test_an_end_worker_message_ends_only_that_worker(
+    kind: type[BusEndWorkerMessage] | type[BusCancelWorkerMessage],
+) -> None:
     a, b = Probe("a"), Probe("b")
     async with running(a, b) as runner:
-        await runner.bus.send(BusEndMessage(source="t", target="a"))
+        await runner.bus.send(kind(source="t", target="a"))
         await wait_finished(a)
         assert not b.finished
         assert runner.state is RunnerState.RUNNING
+
+
+async def test_an_end_message_from_a_worker_of_the_root_session_ends_the_runner() -> None:
+    """``BusEndMessage`` is not addressed to a worker: it ends the session of its source."""
+    a, b = Probe("a"), Probe("b")
+    runner = WorkerRunner()
+    await runner.add_workers(a, b)
+    task = await start_run(runner, "a", "b", auto_end=False)
+    await a.send_bus_message(BusEndMessage(source="a", target="b", reason="all done"))
+    await finish(task)
+    assert a.finished
+    assert b.finished
+    assert runner.state is RunnerState.FINISHED
 
 
 async def test_end_and_cancel_from_a_remote_peer_are_ignored(
@@ -362,3 +433,143 @@ async def test_add_worker_message_adds_a_local_worker_only_from_this_process() -
         await runner.registry.wait_ready("added", timeout=5)
         assert runner.get_worker("smuggled") is None
         assert "smuggled" not in runner.registry
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["worker.end", "session.end", "worker.cancel", "session.cancel"])
+async def test_a_session_ends_its_workers_and_not_the_runner(how: str) -> None:
+    shared = Probe("shared")
+    a, b = Probe("a"), Probe("b")
+    async with running(shared) as runner:
+        session = runner.new_session("call-1")
+        assert isinstance(session, WorkerSession)
+        assert not session.root
+        await runner.add_workers(a, b, session=session)
+        assert a.session is session
+        assert runner.session_of("b") is session
+        assert runner.session_of("shared") is runner.session
+        assert sorted(w.name for w in session.workers) == ["a", "b"]
+
+        a.hold()
+        await runner.bus.send(Hello(source="t", target="a", text="1"))
+        await a.wait_received(1)
+        await runner.bus.send(Hello(source="t", target="a", text="2"))
+        if how == "worker.end":
+            await a.end(reason="hang up")
+        elif how == "worker.cancel":
+            await a.cancel(reason="hang up")
+        elif how == "session.end":
+            await session.end("hang up")
+        else:
+            await session.cancel("hang up")
+        if how.endswith("end"):
+            assert not a.finished  # a graceful end lets the queue be handled first
+            a.release()
+        with anyio.fail_after(5):
+            await session.wait()
+        assert session.ended
+        assert a.finished
+        assert b.finished
+        assert a.texts() == (["1", "2"] if how.endswith("end") else ["1"])
+        assert not shared.finished
+        assert runner.state is RunnerState.RUNNING
+        assert runner.workers == [shared]
+        # Its name is free again once the session has ended.
+        assert runner.new_session("call-1").name == "call-1"
+
+
+async def test_the_end_of_a_finished_session_worker_does_not_end_the_runner() -> None:
+    shared, a = Probe("shared"), Probe("a")
+    async with running(shared) as runner:
+        session = runner.new_session("call")
+        await runner.add_workers(a, session=session)
+        await session.cancel("the caller left")
+        assert a.finished
+        await a.end(reason="hang up")  # late: from code outside the worker, say
+        # Handled in order by the runner: once the marker is registered, the end was seen.
+        marker = BusWorkerReadyMessage(source="marker", runner="peer")
+        mark_origin(marker, "link")
+        await runner.bus.send(marker)
+        ready = asyncio.create_task(runner.registry.wait_ready("marker"))
+        ended = asyncio.create_task(shared.wait())
+        with anyio.fail_after(5):
+            await asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        ended.cancel()
+        await asyncio.wait({ready, ended})
+        assert not shared.finished
+        assert runner.state is RunnerState.RUNNING
+
+
+async def test_session_names_are_unique_while_open() -> None:
+    async with running(Probe("w")) as runner:
+        session = runner.new_session("s")
+        await runner.add_workers(Probe("member"), session=session)
+        with pytest.raises(ConfigurationError, match="'s'"):
+            runner.new_session("s")
+        with pytest.raises(ConfigurationError):
+            runner.new_session(runner.name)
+        assert runner.session.root
+        assert runner.session.name == runner.name
+
+
+async def test_a_child_joins_the_session_of_its_parent() -> None:
+    parent, child = Probe("parent"), Probe("child")
+    async with running() as runner:
+        session = runner.new_session("s")
+        await runner.add_workers(parent, session=session)
+        await parent.add_workers(child)
+        await runner.registry.wait_ready("child", timeout=5)
+        assert child.session is session
+        await session.end()
+        with anyio.fail_after(5):
+            await session.wait()
+        assert child.finished
+        assert runner.state is RunnerState.RUNNING
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+async def test_the_registry_tells_of_ready_workers_in_both_forms() -> None:
+    seen: list[WorkerReadyData] = []
+    changed = asyncio.Event()
+
+    async def handler(data: WorkerReadyData) -> None:
+        seen.append(data)
+        changed.set()
+
+    async with running(Probe("here")) as runner:
+        registry = runner.registry
+        # The reference's form: async, called at once for a ready worker, idempotent.
+        await registry.watch("here", handler)
+        assert seen == [WorkerReadyData("here", runner="test-runner")]
+        await registry.watch("here", handler)
+        assert len(seen) == 1
+        # The plain callback form, called synchronously with the registry entry.
+        entries: list[WorkerRegistryEntry] = []
+        watch = registry.add_watch("there", entries.append)
+        await registry.watch("there", handler)
+        assert entries == []
+        assert len(seen) == 1
+
+        await runner.add_workers(Probe("there"))
+        assert [entry.name for entry in entries] == ["there"]
+        with anyio.fail_after(5):
+            while len(seen) < 2:
+                changed.clear()
+                await changed.wait()
+        assert seen[1] == WorkerReadyData("there", runner="test-runner")
+
+        watch.cancel()
+        watch.cancel()  # harmless twice
+        registry.unwatch("here", handler)
+        registry.unwatch("there", handler)
+        assert registry.watcher_count() == 0
+        assert registry.local_workers == ["here", "there"]
+        assert registry.remote_workers == []
+        with pytest.raises(TimeoutError, match="ghost"):
+            await registry.wait_ready("ghost", timeout=0.01)
+        assert registry.watcher_count() == 0

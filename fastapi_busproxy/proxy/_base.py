@@ -16,7 +16,7 @@ from ..serializers import JSONMessageSerializer, MessageSerializer
 from ..worker import BaseWorker
 from ._link import Link, LinkConfig, LinkStats
 from ._outbox import Outbox
-from .forwarding import ForwardingRules
+from .forwarding import ForwardingRules, SessionControl, session_control
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
 
@@ -127,14 +127,32 @@ class ProxyWorker(BaseWorker):
         self.stats.dropped += 1
         logger.debug("proxy %s: not connected, dropped %s", self.name, type(message).__name__)
 
-    def _announce(self, link: Link, entry: WorkerRegistryEntry) -> None:
+    def _announce(
+        self, link: Link, entry: WorkerRegistryEntry, target: str | None = None
+    ) -> None:
         """Tell the peer that our local worker is ready (the reference's handshake)."""
         link.send_now(
-            BusWorkerRegistryMessage(source=self.name, runner=self.runner.name, workers=[entry])
+            BusWorkerRegistryMessage(
+                source=self.name, target=target, runner=self.runner.name, workers=[entry]
+            )
         )
 
     async def _deliver_inbound(self, message: BusMessage) -> None:
-        await self.bus.send(message)
+        control = session_control(message)
+        if control is None:
+            await self.bus.send(message)
+            return
+        # The peer ends its own session (this connection's workers, or the runner of a
+        # script), never a worker other sessions share: the message goes no further.
+        reason = getattr(message, "reason", None) or f"{type(message).__name__} from the peer"
+        logger.info("proxy %s: the peer asked to %s the session", self.name, control.value)
+        # In a task of the proxy's own: ending the session stops the proxy, whose link (and so
+        # the task that received this) is torn down meanwhile.
+        session = self.session
+        if control is SessionControl.END:
+            self.spawn(session.end(reason), name="peer-end")
+        else:
+            self.spawn(session.cancel(reason), name="peer-cancel")
 
     def _new_link(self, transport: Any, *, framed: bool, app_keepalive: bool) -> Link:
         config = self.link_config

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..closecodes import CloseCode
-from ..exceptions import BusError, MessageDecodeError, MessageEncodeError
+from ..exceptions import BusError, MessageEncodeError
 from ..messages import BusMessage, mark_origin
 from ..serializers import MessageSerializer
 from ._outbox import Outbox
@@ -47,7 +47,7 @@ class LinkStats:
         frames_out: WebSocket messages sent (fewer than ``messages_out`` when batching).
         rejected: inbound messages or frames refused, by any reason; ``rejected_by_reason``
             splits them (``malformed``, ``text_frame``, ``framing``, ``forged_source``,
-            ``wrong_target``, ``foreign_registry``, ``runner_control``, ``local_only``).
+            ``wrong_target``, ``foreign_registry``, ``local_only``).
         oversized: connections closed because a message exceeded the size limit.
         dropped: outbound messages lost: outbox overflow or expiry while disconnected, encode
             errors, or left in the queue when the link ended for good.
@@ -262,9 +262,12 @@ class Link:
 
     async def _accept(self, payload: bytes | memoryview) -> None:
         try:
-            message = self.serializer.deserialize(payload)  # type: ignore[arg-type]
-        except MessageDecodeError as exc:
+            message: object = self.serializer.deserialize(payload)  # type: ignore[arg-type]
+        except Exception as exc:  # a custom serializer may raise anything on bad input
             self._refuse("malformed", str(exc), malformed=True)
+            return
+        if not isinstance(message, BusMessage):  # a custom serializer's "nothing"
+            self._refuse("malformed", f"decoded to {type(message).__name__}", malformed=True)
             return
         refusal = self.rules.check_inbound(message)
         if refusal is not None:

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 from ..closecodes import CloseCode
 from ..exceptions import ConfigurationError, HandshakeRejectedError
-from ..messages import BusMessage, WorkerRegistryEntry
+from ..messages import BusMessage
+from ..registry import WorkerReadyData
 from ..serializers import MessageSerializer
 from ._base import ProxyWorker
 from ._link import CloseInfo, LinkConfig
@@ -157,10 +158,10 @@ class WebSocketProxyClient(ProxyWorker):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def on_start(self) -> None:
-        self.watch_workers(self.local_worker_name)
-        if self.active:
-            await self._start_connecting()
+    async def start(self) -> None:
+        # Created active (``active=True``), the activation at start connects.
+        await super().start()
+        await self.watch_workers(self.local_worker_name)
 
     async def on_activated(self, args: dict[str, Any] | None) -> None:
         await self._start_connecting()
@@ -168,12 +169,13 @@ class WebSocketProxyClient(ProxyWorker):
     async def on_deactivated(self) -> None:
         await self._stop_connecting(CloseCode.NORMAL_CLOSURE, "deactivated")
 
-    async def on_stop(self) -> None:
-        await self._stop_connecting(CloseCode.GOING_AWAY, "proxy stopped")
-
     async def stop(self) -> None:
-        """Close the connection with 1001 and stop the proxy. Idempotent."""
-        await self.cancel("stopped")
+        """Stop the proxy: the connection closes with 1001 and reconnecting stops.
+
+        Called from outside, it stops the proxy (as for every worker).
+        """
+        await super().stop()
+        await self._stop_connecting(CloseCode.GOING_AWAY, "proxy stopped")
 
     async def connect(self) -> None:
         """Start connecting now (as an activation would); a current connection is replaced."""
@@ -252,7 +254,7 @@ class WebSocketProxyClient(ProxyWorker):
             return await connect(
                 self.url,
                 additional_headers=headers,
-                subprotocols=[offered] if self.batching else None,  # type: ignore[list-item]
+                subprotocols=[offered] if self.batching and offered else None,  # type: ignore[list-item]
                 open_timeout=self.open_timeout,
                 ping_interval=self.link_config.ping_interval,
                 ping_timeout=self.link_config.ping_timeout,
@@ -284,7 +286,7 @@ class WebSocketProxyClient(ProxyWorker):
     async def _run_connection(self, connection: Any) -> CloseInfo:
         offered = subprotocol_for(self.serializer.content_type)
         self.subprotocol = connection.subprotocol
-        framed = self.subprotocol == offered
+        framed = offered is not None and self.subprotocol == offered
         link = self._new_link(WebsocketsTransport(connection), framed=framed, app_keepalive=False)
         self._link = link
         if self._connections:
@@ -296,9 +298,10 @@ class WebSocketProxyClient(ProxyWorker):
             self.url,
             f"framed {self.subprotocol}" if framed else "plain format",
         )
-        entry = self.runner.registry.get(self.local_worker_name)
+        entry = self.runner.registry.entry(self.local_worker_name)
         if entry is not None:
-            self._announce(link, entry)
+            # Targeted at the remote worker: a reference server drops untargeted messages.
+            self._announce(link, entry, self.remote_worker_name)
         await self._call_event_handler("on_connected", connection)
         info: CloseInfo | None = None
         try:
@@ -338,7 +341,14 @@ class WebSocketProxyClient(ProxyWorker):
                     self._outbox.overflowed,
                 )
 
-    async def on_worker_ready(self, entry: WorkerRegistryEntry) -> None:
+    async def on_worker_ready(self, data: WorkerReadyData) -> None:
         link = self._link
-        if entry.name == self.local_worker_name and link is not None and not link.closing:
-            self._announce(link, entry)
+        entry = self.runner.registry.entry(data.worker_name)
+        if (
+            entry is not None
+            and entry.name == self.local_worker_name
+            and link is not None
+            and not link.closing
+        ):
+            # Targeted at the remote worker: a reference server drops untargeted messages.
+            self._announce(link, entry, self.remote_worker_name)

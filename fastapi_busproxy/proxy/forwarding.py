@@ -20,8 +20,10 @@ Inbound (:meth:`ForwardingRules.check_inbound`), stricter than the reference, wh
   worker) and be targeted at the local worker or at nobody (a broadcast);
 - a registry message is accepted only if every entry it carries is the remote worker;
 - a worker-ready message only from the remote worker, about itself;
-- end and cancel requests reach only the local worker they target: untargeted ones, which
-  would address the runner, are refused.
+- end and cancel requests (of the session, or of a worker) must come from the remote worker,
+  untargeted or targeted at the local worker; they never reach the bus: the proxy ends or
+  cancels its own session instead (:func:`session_control`), so a peer can end its own
+  connection but never a worker that other connections share, nor the runner.
 """
 
 from __future__ import annotations
@@ -42,9 +44,25 @@ from ..messages import (
     is_local_only,
 )
 
-__all__ = ["ForwardingRules", "Refusal"]
+__all__ = ["ForwardingRules", "Refusal", "SessionControl", "session_control"]
 
-_RUNNER_CONTROL = (BusEndMessage, BusCancelMessage, BusEndWorkerMessage, BusCancelWorkerMessage)
+_SESSION_CONTROL = (BusEndMessage, BusCancelMessage, BusEndWorkerMessage, BusCancelWorkerMessage)
+
+
+class SessionControl(str, enum.Enum):
+    """What an accepted end or cancel request from the peer does to the proxy's session."""
+
+    END = "end"
+    CANCEL = "cancel"
+
+
+def session_control(message: BusMessage) -> SessionControl | None:
+    """``END`` or ``CANCEL`` for an end or cancel request, ``None`` for any other message."""
+    if isinstance(message, (BusEndMessage, BusEndWorkerMessage)):
+        return SessionControl.END
+    if isinstance(message, (BusCancelMessage, BusCancelWorkerMessage)):
+        return SessionControl.CANCEL
+    return None
 
 
 class Refusal(str, enum.Enum):
@@ -54,7 +72,6 @@ class Refusal(str, enum.Enum):
     FORGED_SOURCE = "forged_source"
     WRONG_TARGET = "wrong_target"
     FOREIGN_REGISTRY = "foreign_registry"
-    RUNNER_CONTROL = "runner_control"
 
 
 @dataclass(frozen=True)
@@ -128,8 +145,10 @@ class ForwardingRules:
             if message.source != self.remote_worker:
                 return Refusal.FORGED_SOURCE
             return None if message.target in (None, self.local_worker) else Refusal.WRONG_TARGET
-        if isinstance(message, _RUNNER_CONTROL) and message.target is None:
-            return Refusal.RUNNER_CONTROL
+        if isinstance(message, _SESSION_CONTROL):
+            if message.source != self.remote_worker:
+                return Refusal.FORGED_SOURCE
+            return None if message.target in (None, self.local_worker) else Refusal.WRONG_TARGET
         if self.forward_types and isinstance(message, self.forward_types):
             if message.source not in self.forward_sources:
                 return Refusal.FORGED_SOURCE

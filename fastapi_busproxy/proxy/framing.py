@@ -64,15 +64,16 @@ class Frame:
     token: int = 0
 
 
-def subprotocol_for(content_type: str) -> str:
-    """The subprotocol that carries framed messages of a serializer's ``content_type``."""
-    return SUBPROTOCOL_PREFIX + content_type
+def subprotocol_for(content_type: str | None) -> str | None:
+    """The subprotocol that carries framed messages of a serializer's ``content_type``
+    (``None`` for a serializer that names no format: it speaks the plain format only)."""
+    return SUBPROTOCOL_PREFIX + content_type if content_type else None
 
 
-def choose_subprotocol(offered: Iterable[str], content_type: str) -> str | None:
+def choose_subprotocol(offered: Iterable[str], content_type: str | None) -> str | None:
     """The subprotocol a server accepts, among those a client ``offered``, or ``None``."""
     wanted = subprotocol_for(content_type)
-    return wanted if wanted in offered else None
+    return wanted if wanted is not None and wanted in offered else None
 
 
 def encode_message(payload: bytes) -> bytes:

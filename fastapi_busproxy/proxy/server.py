@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from ..closecodes import CloseCode
 from ..exceptions import ConfigurationError
-from ..messages import BusMessage, WorkerRegistryEntry
+from ..messages import BusMessage
+from ..registry import WorkerReadyData
 from ..serializers import MessageSerializer
 from ._base import ProxyWorker
 from ._link import CloseInfo, Link, LinkConfig
@@ -63,6 +64,7 @@ class WebSocketProxyServer(ProxyWorker):
     """
 
     EVENTS: ClassVar[tuple[str, ...]] = ("on_client_connected", "on_client_disconnected")
+    _own_session: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -114,7 +116,8 @@ class WebSocketProxyServer(ProxyWorker):
         self.close_info: CloseInfo | None = None
         self.subprotocol: str | None = None
 
-    async def on_start(self) -> None:
+    async def start(self) -> None:
+        await super().start()
         websocket = self.websocket
         if _not_accepted(websocket):
             offered = list(websocket.scope.get("subprotocols") or ())
@@ -124,7 +127,7 @@ class WebSocketProxyServer(ProxyWorker):
         link = self._new_link(StarletteTransport(websocket), framed=framed, app_keepalive=framed)
         self._link = link
         self.spawn(self._run_link(link), name="link")
-        self.watch_workers(self.worker_name)
+        await self.watch_workers(self.worker_name)
         client = websocket.scope.get("client")
         logger.info(
             "proxy %s: client %s connected (%s) for %s <-> %s",
@@ -136,9 +139,15 @@ class WebSocketProxyServer(ProxyWorker):
         )
         await self._call_event_handler("on_client_connected", websocket)
 
-    async def on_worker_ready(self, entry: WorkerRegistryEntry) -> None:
+    async def on_worker_ready(self, data: WorkerReadyData) -> None:
         link = self._link
-        if entry.name == self.worker_name and link is not None and not link.closing:
+        entry = self.runner.registry.entry(data.worker_name)
+        if (
+            entry is not None
+            and entry.name == self.worker_name
+            and link is not None
+            and not link.closing
+        ):
             self._announce(link, entry)
 
     async def _run_link(self, link: Link) -> None:
@@ -153,11 +162,17 @@ class WebSocketProxyServer(ProxyWorker):
             self.stats.dropped += left
             _log_close(self.name, self.close_info, left)
             await self._call_event_handler("on_client_disconnected", self.websocket)
-        await self.cancel("connection closed")
+        await self._cancel_now("connection closed")
 
     async def stop(self) -> None:
-        """Close the connection with 1001 and stop the proxy. Idempotent."""
-        await self.cancel("stopped")
+        """Stop the proxy: the connection closes with 1001.
+
+        Called from outside, it stops the proxy (as for every worker). Idempotent.
+        """
+        await super().stop()
+        link = self._link
+        if link is not None:
+            await link.close(CloseCode.GOING_AWAY, "proxy stopped")
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection with ``code``; the proxy then finishes."""
