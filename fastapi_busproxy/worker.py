@@ -39,6 +39,7 @@ import enum
 import itertools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -53,8 +54,6 @@ from .jobs.group import DEFAULT_JOB_EVENT_BUFFER
 from .jobs.params import (
     collect_job_handlers,
 )
-from .jobs.requesting import JobRequester
-from .jobs.serving import JobServer
 from .jobs.worker_jobs import WorkerJobs
 from .messages import (
     BusActivateWorkerMessage,
@@ -83,6 +82,8 @@ from .messages import (
 from .registry import WorkerErrorData, WorkerReadyData, WorkerRegistry
 
 if TYPE_CHECKING:
+    from .jobs.requesting import JobRequester
+    from .jobs.serving import JobServer
     from .runner import WorkerRunner
     from .session import WorkerSession
 
@@ -148,10 +149,27 @@ def worker_ready(*, name: str) -> Callable[[_F], _F]:
 
 
 def _collect_ready_handlers(obj: object) -> dict[str, Callable[..., Any]]:
-    found: dict[str, Callable[..., Any]] = {}
+    names = _ready_handler_names(type(obj))
+    return {name: getattr(obj, attr) for name, attr in names.items()} if names else _NONE
+
+
+_NONE: dict[str, Any] = {}
+
+
+_READY_HANDLER_NAMES_CACHE: weakref.WeakKeyDictionary[type, dict[str, str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _ready_handler_names(cls: type) -> dict[str, str]:
+    """``{watched worker: method name}`` of the ``@worker_ready`` methods of ``cls``."""
+    cached = _READY_HANDLER_NAMES_CACHE.get(cls)
+    if cached is not None:
+        return cached
+    found: dict[str, str] = {}
     seen: set[str] = set()
-    for cls in type(obj).__mro__:
-        for attr, value in vars(cls).items():
+    for klass in cls.__mro__:
+        for attr, value in vars(klass).items():
             if attr in seen:
                 continue
             seen.add(attr)
@@ -160,10 +178,11 @@ def _collect_ready_handlers(obj: object) -> dict[str, Callable[..., Any]]:
                 continue
             if name in found:
                 raise ConfigurationError(
-                    f"{type(obj).__name__} has two @worker_ready handlers for {name!r}:"
-                    f" {attr} and {found[name].__name__}"
+                    f"{cls.__name__} has two @worker_ready handlers for {name!r}:"
+                    f" {attr} and {found[name]}"
                 )
-            found[name] = getattr(obj, attr)
+            found[name] = attr
+    _READY_HANDLER_NAMES_CACHE[cls] = found
     return found
 
 
@@ -256,13 +275,12 @@ class BaseWorker(WorkerJobs, EventEmitter):
         self._started_at: float | None = None
         self._parent: str | None = None
         self._children: list[BaseWorker] = []
-        self._watching: set[str] = set()
+        self._watching: list[str] = []
         self._ready_handlers = _collect_ready_handlers(self)
         self._job_handlers = collect_job_handlers(self)
-        self._requester = JobRequester(
-            name, self.send_bus_message, self._spawn, max_events=self.job_event_buffer
-        )
-        self._server = JobServer(name, self.send_bus_message, self._spawn)
+        # Made on first use: a server holds a worker (its proxy) per connection.
+        self._job_requester: JobRequester | None = None
+        self._job_server: JobServer | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r} {self._state.value}>"
@@ -448,8 +466,10 @@ class BaseWorker(WorkerJobs, EventEmitter):
         await self._stop_jobs()
 
     async def _stop_jobs(self) -> None:
-        await self._requester.stop(f"worker {self._name!r} stopped")
-        await self._server.stop()
+        if self._job_requester is not None:
+            await self._job_requester.stop(f"worker {self._name!r} stopped")
+        if self._job_server is not None:
+            await self._job_server.stop()
 
     async def end(self, *, reason: str | None = None) -> None:
         """End the worker's session gracefully: every worker of it finishes the messages
@@ -659,7 +679,8 @@ class BaseWorker(WorkerJobs, EventEmitter):
         """
         registry = self.registry
         for name in worker_names:
-            self._watching.add(name)
+            if name not in self._watching:
+                self._watching.append(name)
             await registry.watch(name, self._on_watched_worker_ready)
 
     async def _on_watched_worker_ready(self, data: WorkerReadyData) -> None:

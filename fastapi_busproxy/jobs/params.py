@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -137,10 +138,29 @@ def collect_job_handlers(obj: object) -> dict[str, tuple[Callable[..., Any], boo
     Raises:
         ConfigurationError: two methods handle the same job name.
     """
-    found: dict[str, tuple[Callable[..., Any], bool]] = {}
+    names = _job_handler_names(type(obj))
+    if not names:
+        return _NONE
+    return {job_name: (getattr(obj, attr), seq) for job_name, (attr, seq) in names.items()}
+
+
+_NONE: dict[str, Any] = {}
+
+
+# Per class, not per instance: a server makes a worker (its proxy) per connection.
+_JOB_HANDLER_NAMES_CACHE: weakref.WeakKeyDictionary[type, dict[str, tuple[str, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _job_handler_names(cls: type) -> dict[str, tuple[str, bool]]:
+    cached = _JOB_HANDLER_NAMES_CACHE.get(cls)
+    if cached is not None:
+        return cached
+    found: dict[str, tuple[str, bool]] = {}
     seen: set[str] = set()
-    for cls in type(obj).__mro__:
-        for attr, value in vars(cls).items():
+    for klass in cls.__mro__:
+        for attr, value in vars(klass).items():
             if attr in seen:
                 continue
             seen.add(attr)
@@ -150,8 +170,9 @@ def collect_job_handlers(obj: object) -> dict[str, tuple[Callable[..., Any], boo
             job_name, sequential = marker
             if job_name in found:
                 raise ConfigurationError(
-                    f"{type(obj).__name__} has two @job handlers for {job_name!r}:"
-                    f" {attr} and {found[job_name][0].__name__}"
+                    f"{cls.__name__} has two @job handlers for {job_name!r}:"
+                    f" {attr} and {found[job_name][0]}"
                 )
-            found[job_name] = (getattr(obj, attr), sequential)
+            found[job_name] = (attr, sequential)
+    _JOB_HANDLER_NAMES_CACHE[cls] = found
     return found

@@ -8,9 +8,10 @@ hooks (``on_job_response``, ``on_job_completed``, ...) and events those outcomes
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..exceptions import BusError, InvalidStateError
 from ..messages import (
@@ -61,9 +62,12 @@ class WorkerJobs:
 
     if TYPE_CHECKING:
         _name: str
-        _requester: JobRequester
-        _server: JobServer
+        _job_requester: JobRequester | None
+        _job_server: JobServer | None
         _job_handlers: dict[str, tuple[Callable[..., Any], bool]]
+        job_event_buffer: ClassVar[int]
+
+        def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
 
         @property
         def registry(self) -> WorkerRegistry: ...
@@ -73,6 +77,22 @@ class WorkerJobs:
         async def _call_event_handler(self, event_name: str, *args: Any) -> None: ...
 
         def has_event_handlers(self, event_name: str) -> bool: ...
+
+    @property
+    def _requester(self) -> JobRequester:
+        requester = self._job_requester
+        if requester is None:
+            requester = self._job_requester = JobRequester(
+                self._name, self.send_bus_message, self._spawn, max_events=self.job_event_buffer
+            )
+        return requester
+
+    @property
+    def _server(self) -> JobServer:
+        server = self._job_server
+        if server is None:
+            server = self._job_server = JobServer(self._name, self.send_bus_message, self._spawn)
+        return server
 
     # -- hooks ------------------------------------------------------------------------------
 
