@@ -134,8 +134,7 @@ async def test_a_peers_end_or_cancel_ends_its_own_connection_only(request_from_p
                 assert await bob.ask("assistant") == {"for": "bob"}
 
                 await alice.send(request_from_peer())
-                async with asyncio.timeout(10):
-                    await alice.disconnected.wait()
+                await asyncio.wait_for(alice.disconnected.wait(), 10)
 
                 runner = runner_of(app)
                 assert runner.state is RunnerState.RUNNING
@@ -156,9 +155,8 @@ async def test_a_session_workers_end_ends_its_connection_not_the_app() -> None:
                 butler = runner.get_worker("butler-alice")
                 assert butler is not None
                 assert await alice.ask("butler-alice", "leave") == {"bye": "alice"}
-                async with asyncio.timeout(10):
-                    await alice.disconnected.wait()
-                    await butler.wait()
+                await asyncio.wait_for(alice.disconnected.wait(), 10)
+                await asyncio.wait_for(butler.wait(), 10)
 
                 assert runner.state is RunnerState.RUNNING
                 assert runner.get_worker("butler-alice") is None
