@@ -42,6 +42,7 @@ from .jobs import (
     JobParams,
     job,
 )
+from .jobs.serving import JobLimits
 from .lifespan import configure_bus, get_runner, runner_of
 from .links import include_bus_link
 from .messages import (
@@ -172,6 +173,7 @@ __all__ = [
     "JobGroupEvent",
     "JobGroupParams",
     "JobGroupResponse",
+    "JobLimits",
     "JobParams",
     "JobStatus",
     "JobTimeoutError",

@@ -7,14 +7,16 @@ calls the handler with one message at a time.
 
 Per subscriber:
 
-- data messages are delivered in the order they were queued (FIFO);
+- the data messages of each sender are delivered in the order they were sent (FIFO), and the
+  senders take turns (round-robin): a sender that floods a subscriber makes only itself wait;
 - system messages (:class:`~fastapi_busproxy.messages.BusSystemMessage`) overtake the data
   messages already queued;
 - a handler that raises is logged and counted, and delivery goes on with the next message.
 
-Queues are bounded (``capacity`` data messages, ``system_capacity`` system messages). When a
-recipient's queue is full, the sender's :class:`~fastapi_busproxy.messages.Overflow` policy
-applies: ``WAIT`` (the default: ``send()`` waits for room, up to ``timeout``, then raises
+Queues are bounded (``capacity`` data messages per sender, ``system_capacity`` system
+messages). When a recipient's queue is full for that sender, the sender's
+:class:`~fastapi_busproxy.messages.Overflow` policy applies: ``WAIT`` (the default: ``send()``
+waits for room, up to ``timeout``, then raises
 :class:`~fastapi_busproxy.exceptions.BusFullError`) or ``DROP`` (the message is not queued for
 that recipient; the drop is counted on the subscription and logged). System messages always
 wait. Recipients with room get the message at once; only full ones make the sender wait.
@@ -84,6 +86,9 @@ class Subscription:
 
     __slots__ = (
         "_direct",
+        "_drain_at",
+        "_drained",
+        "_handled",
         "_handler",
         "_handling",
         "_in_direct",
@@ -112,6 +117,9 @@ class Subscription:
         self._handling = False  # the delivery task has a message in hand
         self._in_direct = False  # a sender is in the direct handler
         self._task: asyncio.Task[None] | None = None
+        self._handled = 0  # messages the delivery task has finished with
+        self._drain_at: int | None = None
+        self._drained: Callable[[], Awaitable[None]] | None = None
         self.delivered = 0
         self.dropped = 0
         self.errors = 0
@@ -147,6 +155,19 @@ class Subscription:
                 self.delivered += 1
             finally:
                 self._handling = False
+                self._handled += 1
+            if self._drain_at is not None and self._handled >= self._drain_at:
+                drained, self._drained, self._drain_at = self._drained, None, None
+                assert drained is not None
+                await drained()
+
+    def when_drained(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await ``callback()`` in the delivery task once as many messages as are queued now
+        (and the one in hand) have been handled. Senders take turns, so this is a count: the
+        messages handled by then are not exactly those queued now. A worker's graceful end.
+        """
+        self._drain_at = self._handled + len(self.mailbox) + (1 if self._handling else 0)
+        self._drained = callback
 
     @property
     def _may_go_direct(self) -> bool:
@@ -235,6 +256,7 @@ class WorkerBus(abc.ABC):
         capacity: int | None = None,
         system_capacity: int | None = None,
         direct: DirectHandler | None = None,
+        admit: Callable[[BusMessage], bool] | None = None,
     ) -> Subscription:
         """Deliver the messages ``interest`` selects to ``handler``, one at a time.
 
@@ -243,6 +265,11 @@ class WorkerBus(abc.ABC):
         wait long, and returns ``False`` to have the message queued for ``handler``. If it
         does wait, later messages go to ``handler`` meanwhile: keeping them in order is then
         the subscriber's job (a proxy's link writes one message at a time, in turn).
+
+        ``admit``, if given, is asked before each data message is handed over: while it
+        returns ``False`` the message waits at the head of its sender's lane and the other
+        senders' messages go first; call ``subscription.mailbox.readmit()`` when it may say
+        ``True`` again.
 
         Returns the :class:`Subscription`, to pass to :meth:`unsubscribe`.
 
@@ -255,7 +282,7 @@ class WorkerBus(abc.ABC):
         system_capacity = self.system_capacity if system_capacity is None else system_capacity
         if capacity < 1 or system_capacity < 1:
             raise ConfigurationError(f"queue capacities of {name!r} must be at least 1")
-        mailbox: Mailbox[BusMessage] = Mailbox(capacity, system_capacity)
+        mailbox: Mailbox[BusMessage] = Mailbox(capacity, system_capacity, admit)
         subscription = Subscription(name, handler, interest, mailbox, direct)
         subscription._task = asyncio.get_running_loop().create_task(
             subscription._run(), name=f"bus-delivery:{name}"
@@ -333,7 +360,7 @@ class WorkerBus(abc.ABC):
                 await subscription._try_direct(message) or mailbox.closed
             ):
                 continue
-            if mailbox.offer(message, system):
+            if mailbox.offer(message, system, message.source):
                 continue
             policy = Overflow.WAIT if system else (overflow or message.overflow)
             if policy is Overflow.DROP:
@@ -362,7 +389,9 @@ class WorkerBus(abc.ABC):
         for subscription in blocked:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             try:
-                await asyncio.wait_for(subscription.mailbox.put(message, message.system), remaining)
+                await asyncio.wait_for(
+                    subscription.mailbox.put(message, message.system, message.source), remaining
+                )
             except asyncio.TimeoutError:
                 raise BusFullError(
                     f"queue of {subscription.name!r} stayed full for {timeout}s: "

@@ -29,6 +29,7 @@ from starlette.requests import HTTPConnection
 from .bus import InMemoryBus, WorkerBus
 from .closecodes import CloseCode
 from .exceptions import ConfigurationError
+from .jobs.serving import JobLimits
 from .runner import RunnerState, WorkerRunner
 
 if TYPE_CHECKING:  # pydantic-settings is imported on first use: it is a third of our import time
@@ -134,7 +135,15 @@ def runner_of(app: Any) -> WorkerRunner:
     state = _state(app)
     if state.runner is None or state.runner.state is RunnerState.FINISHED:
         settings = state.settings
-        state.runner = WorkerRunner(name=settings.runner_name, bus=create_bus(settings))
+        state.runner = WorkerRunner(
+            name=settings.runner_name,
+            bus=create_bus(settings),
+            handle_sigint=False,
+            job_limits=JobLimits(
+                max_jobs=settings.max_jobs_in_flight,
+                max_jobs_per_source=settings.max_jobs_per_source,
+            ),
+        )
     return state.runner
 
 

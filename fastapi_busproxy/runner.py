@@ -35,6 +35,7 @@ from ._events import EventEmitter
 from .bus import InMemoryBus, Subscription, WorkerBus
 from .exceptions import BusError, ConfigurationError, DuplicateWorkerError, InvalidStateError
 from .interest import Interest
+from .jobs.serving import JobLimits
 from .messages import (
     BusAddWorkerMessage,
     BusCancelMessage,
@@ -72,6 +73,8 @@ class WorkerRunner(EventEmitter):
         force_gc: collect garbage once the runner has finished.
         check_dangling_tasks: accepted for compatibility; every task of a worker is cancelled
             and awaited when it stops, so none is left to report.
+        job_limits: how many jobs each worker serves at once, unless it has limits of its own
+            (:class:`~fastapi_busproxy.JobLimits`).
 
     Events (``@runner.event_handler(...)``, awaited in place): ``on_ready(runner)`` once the
     runner has started its workers; ``on_error(runner, error)`` when a worker fails to start.
@@ -91,8 +94,10 @@ class WorkerRunner(EventEmitter):
         handle_sigterm: bool = False,
         force_gc: bool = False,
         check_dangling_tasks: bool = True,
+        job_limits: JobLimits | None = None,
     ) -> None:
         super().__init__()
+        self.job_limits = job_limits or JobLimits()
         self._name = name or f"runner-{uuid.uuid4().hex[:8]}"
         self._bus = bus if bus is not None else InMemoryBus()
         self._handle_sigint = handle_sigint

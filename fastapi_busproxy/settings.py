@@ -17,6 +17,18 @@ from .proxy.reconnect import ReconnectPolicy
 __all__ = ["BusProxySettings"]
 
 
+DECODED_OVERHEAD = 4
+"""How many times its size on the wire a decoded message takes in memory, at most (estimate)."""
+
+SOCKET_BUFFERS = 4 * 65_536
+"""The socket buffers of one connection in the process: uvicorn's read and write buffers and
+the websockets protocol's (the kernel's own are not in the process's memory)."""
+
+LINK_OVERHEAD = 128 * 1024
+"""What an idle connection costs the server: its proxy, link, tasks and objects (about 53 KB
+measured by ``python -m bench``), with room to spare."""
+
+
 class BusProxySettings(BaseSettings):
     """Settings of the bus, the proxies and the FastAPI integration."""
 
@@ -31,10 +43,16 @@ class BusProxySettings(BaseSettings):
         None, description='Name of the app\'s runner (default "runner-<8 hex digits>").'
     )
     bus_queue_size: int = Field(
-        1000, ge=1, description="Data messages each subscriber's queue holds."
+        1000, ge=1, description="Data messages each subscriber's queue holds from one sender."
     )
     bus_system_queue_size: int = Field(
         100, ge=1, description="System messages each subscriber's queue holds."
+    )
+    max_jobs_in_flight: int = Field(
+        1000, ge=1, description="Unanswered jobs a worker serves at once; more wait in its queue."
+    )
+    max_jobs_per_source: int = Field(
+        16, ge=1, description="Unanswered jobs a worker serves at once for one requester."
     )
     shutdown_timeout: float = Field(
         10.0, ge=0, description="Seconds workers get to end gracefully before being cancelled."
@@ -104,6 +122,28 @@ class BusProxySettings(BaseSettings):
             max_delay=max(self.reconnect_max_delay, self.reconnect_initial_delay),
             max_attempts=self.reconnect_max_attempts,
         )
+
+    def link_memory_budget(self) -> int:
+        """What one connection can make the server hold at worst, in bytes (an estimate).
+
+        Every buffer on the way from a peer's socket to a shared worker and back, each full of
+        messages of ``max_message_size``, decoded (at :data:`DECODED_OVERHEAD` times their
+        size): the message its reader holds; its lane in the shared worker's queue
+        (``bus_queue_size``); its jobs in flight (``max_jobs_per_source``, a request and an
+        answer each); the answers in its proxy's queue (``bus_queue_size``) and send queue
+        (``send_queue_size``); plus the socket buffers of uvicorn and websockets
+        (:data:`SOCKET_BUFFERS`) and what an idle link costs (:data:`LINK_OVERHEAD`). Past
+        these the chain pushes back: the link stops reading its socket. Divide the memory you
+        give the server by this to know how many connections it serves at worst.
+        """
+        messages = (
+            1
+            + self.bus_queue_size
+            + 2 * self.max_jobs_per_source
+            + self.bus_queue_size
+            + self.send_queue_size
+        )
+        return messages * self.max_message_size * DECODED_OVERHEAD + SOCKET_BUFFERS + LINK_OVERHEAD
 
     def server_proxy_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`WebSocketProxyServer` these settings give."""

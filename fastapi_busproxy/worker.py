@@ -54,6 +54,7 @@ from .jobs.group import DEFAULT_JOB_EVENT_BUFFER
 from .jobs.params import (
     collect_job_handlers,
 )
+from .jobs.serving import DEFAULT_JOB_LIMITS, JobLimits
 from .jobs.worker_jobs import WorkerJobs
 from .messages import (
     BusActivateWorkerMessage,
@@ -212,6 +213,8 @@ class BaseWorker(WorkerJobs, EventEmitter):
             it starts.
         check_dangling_tasks: accepted for compatibility; every task a worker starts is
             cancelled and awaited when it stops, so none is left to report.
+        job_limits: how many jobs it serves at once (default: its runner's
+            :attr:`~fastapi_busproxy.WorkerRunner.job_limits`); further requests wait.
 
     Events (``@worker.event_handler("on_...")``; handlers get the worker first and run in
     tasks of their own): ``on_activated(args)``, ``on_deactivated()``, ``on_bus_message(m)``,
@@ -253,7 +256,12 @@ class BaseWorker(WorkerJobs, EventEmitter):
     """Whether :meth:`WorkerRunner.add_workers` gives the worker a session of its own."""
 
     def __init__(
-        self, name: str | None = None, *, active: bool = True, check_dangling_tasks: bool = True
+        self,
+        name: str | None = None,
+        *,
+        active: bool = True,
+        check_dangling_tasks: bool = True,
+        job_limits: JobLimits | None = None,
     ) -> None:
         super().__init__()
         if name is None:
@@ -278,6 +286,7 @@ class BaseWorker(WorkerJobs, EventEmitter):
         self._watching: list[str] = []
         self._ready_handlers = _collect_ready_handlers(self)
         self._job_handlers = collect_job_handlers(self)
+        self._job_limits = job_limits
         # Made on first use: a server holds a worker (its proxy) per connection.
         self._job_requester: JobRequester | None = None
         self._job_server: JobServer | None = None
@@ -356,6 +365,13 @@ class BaseWorker(WorkerJobs, EventEmitter):
         return self._attached().bus
 
     @property
+    def job_limits(self) -> JobLimits:
+        """How many jobs the worker serves at once (its own, else its runner's)."""
+        if self._job_limits is not None:
+            return self._job_limits
+        return self._runner.job_limits if self._runner is not None else DEFAULT_JOB_LIMITS
+
+    @property
     def registry(self) -> WorkerRegistry:
         """The runner's registry. Raises :class:`InvalidStateError` before it is added."""
         return self._attached().registry
@@ -420,7 +436,11 @@ class BaseWorker(WorkerJobs, EventEmitter):
             )
         self._state = WorkerState.STARTING
         self._subscription = await runner.bus.subscribe(
-            self._name, self._receive, self.bus_interest(), direct=self._direct_handler()
+            self._name,
+            self._receive,
+            self.bus_interest(),
+            direct=self._direct_handler(),
+            admit=self._admission(),
         )
         try:
             await self.start()
@@ -719,6 +739,15 @@ class BaseWorker(WorkerJobs, EventEmitter):
         """
         return None
 
+    def _admission(self) -> Callable[[BusMessage], bool] | None:
+        """The bus's admission check for this worker (job limits); proxies serve no jobs."""
+        return self._admit
+
+    def _readmit(self) -> None:
+        subscription = self._subscription
+        if subscription is not None:
+            subscription.mailbox.readmit()
+
     def accepts_bus_message(self, message: BusMessage) -> bool:
         """Whether to handle ``message``; checked before each delivery. Override to filter.
 
@@ -781,7 +810,18 @@ class BaseWorker(WorkerJobs, EventEmitter):
 
     async def _on_end(self, message: BusMessage) -> None:
         assert isinstance(message, BusEndWorkerMessage)
-        await self._finish(message.reason, cancelled=False)
+        subscription = self._subscription
+        if subscription is None or not subscription.mailbox:
+            await self._finish(message.reason, cancelled=False)
+            return
+        # Senders take turns, so messages queued before this one may still be waiting: end
+        # once as many messages as are queued now have been handled.
+        reason = message.reason
+
+        async def finish() -> None:
+            await self._finish(reason, cancelled=False)
+
+        subscription.when_drained(finish)
 
     async def _on_cancel(self, message: BusMessage) -> None:
         assert isinstance(message, BusCancelWorkerMessage)

@@ -196,5 +196,63 @@ async def test_many_waiting_senders_are_served_oldest_first_by_a_fast_getter() -
             got.append(await box.get())
         await asyncio.gather(*senders)
     assert got == list(range(300))
-    assert box._data_woken == 0
-    assert not box._data_putters
+    assert box._lanes == {}  # nobody left waiting or counted as woken
+
+
+# --- a lane per sender ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_senders_take_turns_and_each_stays_fifo() -> None:
+    box: Mailbox[str] = Mailbox(10, 10)
+    for n in range(3):
+        box.offer(f"flood{n}", DATA, "flooder")
+    box.offer("a0", DATA, "alice")
+    box.offer("a1", DATA, "alice")
+    box.offer("b0", DATA, "bob")
+    got = [await box.get() for _ in range(6)]
+    assert got == ["flood0", "a0", "b0", "flood1", "a1", "flood2"]
+
+
+@pytest.mark.anyio
+async def test_a_full_lane_makes_only_its_sender_wait() -> None:
+    box: Mailbox[str] = Mailbox(2, 1)
+    assert box.offer("f0", DATA, "flooder")
+    assert box.offer("f1", DATA, "flooder")
+    assert not box.offer("f2", DATA, "flooder")
+    flooder = asyncio.create_task(box.put("f2", DATA, "flooder"))
+    await yield_until_blocked(flooder)
+    # Another sender has room of its own, and goes before the flooder's waiting item.
+    assert box.offer("a0", DATA, "alice")
+    assert box.lane_length("flooder") == 2
+    assert [await box.get() for _ in range(2)] == ["f0", "a0"]
+    with anyio.fail_after(5):
+        await flooder
+    assert [await box.get() for _ in range(2)] == ["f1", "f2"]
+
+
+@pytest.mark.anyio
+async def test_admit_holds_back_the_head_of_a_lane_until_readmitted() -> None:
+    held = {"flooder"}
+    box: Mailbox[tuple[str, int]] = Mailbox(10, 10, admit=lambda item: item[0] not in held)
+    box.offer(("flooder", 0), DATA, "flooder")
+    box.offer(("flooder", 1), DATA, "flooder")
+    box.offer(("alice", 0), DATA, "alice")
+    assert await box.get() == ("alice", 0)  # the flooder's lane waits, alice's goes on
+    getter = asyncio.create_task(box.get())
+    await yield_until_blocked(getter)  # only held-back items are left
+    held.clear()
+    box.readmit()
+    with anyio.fail_after(5):
+        assert await getter == ("flooder", 0)
+    assert await box.get() == ("flooder", 1)
+
+
+@pytest.mark.anyio
+async def test_system_items_are_never_held_back() -> None:
+    box: Mailbox[str] = Mailbox(10, 10, admit=lambda item: False)
+    box.offer("d", DATA, "x")
+    box.offer("s", SYSTEM)
+    assert await box.get() == "s"
+    assert len(box) == 1
+    assert box.close() == ["d"]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import BusError, InvalidStateError
+from ..exceptions import BusError, ConfigurationError, InvalidStateError
 from ..messages import (
     BusJobRequestMessage,
     BusJobResponseMessage,
@@ -28,7 +29,7 @@ from ..messages import (
     JobStatus,
 )
 
-__all__ = ["JobHandler", "JobServer"]
+__all__ = ["DEFAULT_JOB_LIMITS", "JobHandler", "JobLimits", "JobServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +41,80 @@ CANCEL_GRACE = 1.0
 """Seconds a cancelled handler gets to unwind before the worker goes on without it."""
 
 
-class JobServer:
-    """The jobs a worker serves. ``active_jobs`` maps each unanswered job id to its request."""
+@dataclass(frozen=True)
+class JobLimits:
+    """How many jobs a worker serves at once: past either limit, further requests wait in the
+    worker's queue (and their senders, when it is full, wait too: backpressure up to the
+    socket of the peer that sends them), while other senders' requests go on.
 
-    def __init__(self, owner: str, send: Send, spawn: Spawn) -> None:
+    Attributes:
+        max_jobs: unanswered jobs in flight, from everyone.
+        max_jobs_per_source: unanswered jobs in flight from one requester (one link's remote
+            worker, or one local worker). Keeps one peer from taking every place.
+    """
+
+    max_jobs: int = 1000
+    max_jobs_per_source: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_jobs < 1 or self.max_jobs_per_source < 1:
+            raise ConfigurationError(f"job limits must be at least 1, not {self}")
+
+
+DEFAULT_JOB_LIMITS = JobLimits()
+
+
+class JobServer:
+    """The jobs a worker serves. ``active_jobs`` maps each unanswered job id to its request.
+
+    ``on_room`` is called whenever a job is answered: a request held back by the limits may
+    now be admitted.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        send: Send,
+        spawn: Spawn,
+        limits: JobLimits = DEFAULT_JOB_LIMITS,
+        on_room: Callable[[], None] | None = None,
+    ) -> None:
         self.owner = owner
+        self.limits = limits
         self.active_jobs: dict[str, BusJobRequestMessage] = {}
         self._send = send
         self._spawn = spawn
+        self._on_room = on_room
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._per_source: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.active_jobs)
+
+    def has_room(self, source: str) -> bool:
+        """Whether a request from ``source`` may start now (see :class:`JobLimits`)."""
+        limits = self.limits
+        return (
+            len(self.active_jobs) < limits.max_jobs
+            and self._per_source.get(source, 0) < limits.max_jobs_per_source
+        )
+
+    def in_flight(self, source: str) -> int:
+        """Unanswered jobs from ``source``."""
+        return self._per_source.get(source, 0)
+
+    def _answered(self, job_id: str) -> None:
+        request = self.active_jobs.pop(job_id, None)
+        if request is None:
+            return
+        left = self._per_source[request.source] - 1
+        if left:
+            self._per_source[request.source] = left
+        else:
+            del self._per_source[request.source]
+        if self._on_room is not None:
+            self._on_room()
 
     def requester_of(self, job_id: str) -> str | None:
         request = self.active_jobs.get(job_id)
@@ -62,6 +124,7 @@ class JobServer:
         """Run ``handler`` on ``message`` in a task; the job is active from now on."""
         job_id = message.job_id
         self.active_jobs[job_id] = message
+        self._per_source[message.source] = self._per_source.get(message.source, 0) + 1
         lock = None
         if sequential and message.job_name:
             lock = self._locks.setdefault(message.job_name, asyncio.Lock())
@@ -153,7 +216,7 @@ class JobServer:
                 response=response,
             )
         )
-        self.active_jobs.pop(job_id, None)
+        self._answered(job_id)
 
     async def _respond_quietly(
         self, job_id: str, status: JobStatus, response: dict[str, Any] | None
@@ -161,7 +224,7 @@ class JobServer:
         try:
             await self.respond(job_id, response, status, False)
         except (BusError, InvalidStateError) as exc:
-            self.active_jobs.pop(job_id, None)
+            self._answered(job_id)
             logger.debug("worker %s: could not answer job %s: %s", self.owner, job_id, exc)
 
     async def update(self, job_id: str, update: dict[str, Any] | None, urgent: bool) -> None:
@@ -180,4 +243,4 @@ class JobServer:
         request = self._request(job_id, "stream")
         await self._send(cls(source=self.owner, target=request.source, job_id=job_id, data=data))
         if cls is BusJobStreamEndMessage:
-            self.active_jobs.pop(job_id, None)
+            self._answered(job_id)

@@ -37,7 +37,7 @@ from .params import (
     resolve_job_params,
 )
 from .requesting import Answer, JobRequester
-from .serving import JobServer
+from .serving import JobLimits, JobServer
 
 if TYPE_CHECKING:
     from ..registry import WorkerRegistry
@@ -67,6 +67,11 @@ class WorkerJobs:
         _job_handlers: dict[str, tuple[Callable[..., Any], bool]]
         job_event_buffer: ClassVar[int]
 
+        @property
+        def job_limits(self) -> JobLimits: ...
+
+        def _readmit(self) -> None: ...
+
         def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
 
         @property
@@ -91,8 +96,23 @@ class WorkerJobs:
     def _server(self) -> JobServer:
         server = self._job_server
         if server is None:
-            server = self._job_server = JobServer(self._name, self.send_bus_message, self._spawn)
+            server = self._job_server = JobServer(
+                self._name,
+                self.send_bus_message,
+                self._spawn,
+                self.job_limits,
+                self._readmit,
+            )
         return server
+
+    def _admit(self, message: BusMessage) -> bool:
+        """Whether the bus may hand ``message`` over now: a job request waits while this
+        worker serves as many jobs as its :class:`~.serving.JobLimits` allow (in all, or from
+        that requester); everything else, and other requesters' jobs, go on meanwhile."""
+        if not isinstance(message, BusJobRequestMessage):
+            return True
+        server = self._job_server
+        return server is None or server.has_room(message.source)
 
     # -- hooks ------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..bus import DirectHandler
@@ -80,6 +80,9 @@ class ProxyWorker(BaseWorker):
             await self._forward(message)
         else:
             await super()._receive(message)
+
+    def _admission(self) -> Callable[[BusMessage], bool] | None:
+        return None  # a proxy serves no jobs: nothing to hold back
 
     def _direct_handler(self) -> DirectHandler:
         return self._forward_now

@@ -43,13 +43,15 @@ class SideProcess:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def run(cls, *argv: str, stop_timeout: float = 10.0) -> AsyncIterator[SideProcess]:
+    async def run(
+        cls, *argv: str, stop_timeout: float = 10.0, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[SideProcess]:
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=side_env(),
+            env=side_env(env),
         )
         side = cls(process, argv)
         try:
