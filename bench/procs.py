@@ -16,13 +16,21 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
+def pipecat_python() -> str | None:
+    """The python of the pipecat-ai side venv, if there is one."""
+    candidate = os.environ.get("BUSPROXY_PIPECAT_PYTHON") or str(
+        REPO / ".pipecat-venv" / "bin" / "python"
+    )
+    return candidate if Path(candidate).exists() else None
+
+
 class ServerError(RuntimeError):
     """A server process did not start, or died."""
 
 
 @dataclass(frozen=True)
 class ServerSpec:
-    kind: str  # "echo" or "bus"
+    kind: str  # "echo", "bus", or "pipecat" (the reference's server, tests/interop)
     deflate: bool = False
     serializer: str = "json"
 
@@ -50,19 +58,31 @@ class ServerProcess:
     async def start(self) -> ServerProcess:
         spec = self.spec
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
+        if spec.kind == "pipecat":
+            # The reference's server, in its own virtual environment (see tests/interop).
+            python = pipecat_python()
+            if python is None:
+                raise ServerError("no pipecat-ai side venv: .pipecat-venv, BUSPROXY_PIPECAT_PYTHON")
+            for name in ("PYTHONPATH", "VIRTUAL_ENV", "PIPECAT_SETUP_FILES"):
+                env.pop(name, None)
+            argv = [python, str(REPO / "tests" / "interop" / "pipecat_server.py")]
+        else:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.server",
+                "--kind",
+                spec.kind,
+                "--port",
+                "0",
+                "--deflate",
+                "on" if spec.deflate else "off",
+                "--serializer",
+                spec.serializer,
+            ]
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.server",
-            "--kind",
-            spec.kind,
-            "--port",
-            "0",
-            "--deflate",
-            "on" if spec.deflate else "off",
-            "--serializer",
-            spec.serializer,
+            *argv,
             cwd=str(REPO),
             env=env,
             stdin=asyncio.subprocess.DEVNULL,

@@ -17,9 +17,19 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from bench import report
 from bench.procs import ServerPool, ServerSpec
-from bench.scenarios import Context, Counts, Scenario, imports, latency, links, throughput, voice
+from bench.scenarios import (
+    Context,
+    Counts,
+    Scenario,
+    flood,
+    imports,
+    latency,
+    links,
+    throughput,
+    voice,
+)
 
-NAMES = ("import", "latency", "throughput", "links", "voice")
+NAMES = ("import", "latency", "throughput", "links", "voice", "flood")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,6 +85,8 @@ def build(args: argparse.Namespace, counts: Counts) -> list[Scenario]:
         chosen.append(links.scenario(load, counts.links))
     if "voice" in args.only:
         chosen.append(voice.scenario(load, counts.voice_levels))
+    if "flood" in args.only:
+        chosen.append(flood.scenario())
     return chosen
 
 

@@ -25,7 +25,13 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, WebSocket
 
-from fastapi_busproxy import BaseWorker, BusMessage, include_bus_proxy, runner_of
+from fastapi_busproxy import (
+    BaseWorker,
+    BusJobRequestMessage,
+    BusMessage,
+    include_bus_proxy,
+    runner_of,
+)
 from fastapi_busproxy.serve import Server
 
 from .messages import BENCH_TYPES, make_serializer
@@ -35,7 +41,11 @@ BACKLOG = 4096
 
 
 class Echo(BaseWorker):
-    """Sends every bench message back to the worker that sent it (one reply per caller)."""
+    """Sends every bench message back to the worker that sent it (one reply per caller), and
+    answers every job with its payload."""
+
+    async def on_job_request(self, message: BusJobRequestMessage) -> dict[str, Any]:
+        return {"echo": message.payload}
 
     async def on_bus_message(self, message: BusMessage) -> None:
         if isinstance(message, BENCH_TYPES):

@@ -28,6 +28,7 @@ class Counts:
     voice_seconds: float
     voice_rate: int
     import_runs: int
+    flood_jobs: int  # the polite peer's jobs, with and without a flooder
     timeout: float  # hard limit of one round of a scenario, in seconds
 
     @classmethod
@@ -43,6 +44,7 @@ class Counts:
             voice_seconds=3.0,
             voice_rate=50,
             import_runs=5,
+            flood_jobs=300,
             timeout=600.0,
         )
 
@@ -59,6 +61,7 @@ class Counts:
             voice_seconds=1.0,
             voice_rate=50,
             import_runs=1,
+            flood_jobs=30,
             timeout=60.0,
         )
 
