@@ -3,8 +3,8 @@
 Data items are queued in a lane per *key* (the bus uses the sender's name), each lane FIFO and
 holding at most ``capacity`` items; ``get()`` takes the lanes in turn (round-robin), so one
 sender that floods a subscriber fills its own lane, and waits, while every other sender's items
-keep being taken. System items have one lane of their own, bounded by ``system_capacity``,
-taken before any data item.
+keep being taken (up to :data:`QUANTUM` items a turn). System items have one lane of their
+own, bounded by ``system_capacity``, taken before any data item.
 
 ``offer()`` never waits; ``put()`` waits for room in its lane. An optional ``admit(item)``
 predicate holds an item back at the head of its lane while it returns ``False`` (a worker at its
@@ -24,30 +24,58 @@ from .exceptions import BusClosedError
 
 _T = TypeVar("_T")
 
+_SWEEP_AT = 64  # lanes a mailbox keeps, idle or not, before it sweeps the idle ones
+
+QUANTUM = 16
+"""Items taken in a row from one sender's lane before the next sender's turn. More than one,
+so that a burst from one link (a batch from its socket) is handled, and answered, together:
+its answers then leave in one batch too. A flooder delays another sender by at most this."""
+
 
 class _Lane(Generic[_T]):
-    """One sender's items, and the senders waiting for room in it (oldest first). A woken
-    sender leaves ``putters`` and is counted in ``woken`` until it has run, so nobody
-    overtakes it."""
+    """One sender's items (a list read from ``head``: lanes come and go with traffic, and a
+    list costs a tenth of a deque to make), and the senders waiting for room in it (oldest
+    first). A woken sender leaves ``putters`` and is counted in ``woken`` until it has run,
+    so nobody overtakes it."""
 
-    __slots__ = ("items", "putters", "woken")
+    __slots__ = ("head", "items", "n", "putters", "woken")
 
     def __init__(self) -> None:
-        self.items: deque[_T] = deque()
+        self.items: list[_T] = []
+        self.head = 0
+        self.n = 0  # items not yet read
         self.putters: deque[asyncio.Future[None]] | None = None
         self.woken = 0
 
+    def first(self) -> _T:
+        return self.items[self.head]
+
+    def pop(self) -> _T:
+        items = self.items
+        item = items[self.head]
+        self.n -= 1
+        self.head += 1
+        if self.head == len(items):
+            items.clear()
+            self.head = 0
+        elif self.head >= 32 and self.head * 2 >= len(items):
+            del items[: self.head]  # drop what was read, now and then
+            self.head = 0
+        return item
+
     def idle(self) -> bool:
-        return not self.items and not self.putters and not self.woken
+        return not self.n and not self.putters and not self.woken
 
 
 class Mailbox(Generic[_T]):
     __slots__ = (
         "_admit",
+        "_burst",
         "_closed",
         "_getter",
         "_lanes",
         "_size",
+        "_sweep_at",
         "_system",
         "_turns",
         "capacity",
@@ -65,16 +93,19 @@ class Mailbox(Generic[_T]):
         self.capacity = capacity
         self.system_capacity = system_capacity
         self._admit = admit
-        # Lanes exist while they hold or await items: a server holds a mailbox per connection.
+        # A lane per sender, kept while idle up to a point (see _forget_if_idle).
         self._lanes: dict[Hashable, _Lane[_T]] = {}
-        self._turns: deque[Hashable] = deque()  # keys of the lanes with items, in turn order
+        # Keys of the lanes with items, in turn order; made on first use.
+        self._turns: deque[Hashable] | None = None
         self._size = 0
+        self._burst = 0  # items taken in a row from the lane at the head of the turns
+        self._sweep_at = _SWEEP_AT
         self._system: _Lane[_T] | None = None
         self._getter: asyncio.Future[None] | None = None
         self._closed = False
 
     def __len__(self) -> int:
-        return self._size + (len(self._system.items) if self._system else 0)
+        return self._size + (self._system.n if self._system else 0)
 
     @property
     def closed(self) -> bool:
@@ -83,13 +114,14 @@ class Mailbox(Generic[_T]):
     def lane_length(self, key: Hashable = None) -> int:
         """Data items queued in the lane of ``key``."""
         lane = self._lanes.get(key)
-        return len(lane.items) if lane else 0
+        return lane.n if lane else 0
 
     def _lane(self, system: bool, key: Hashable) -> _Lane[_T]:
         if system:
-            if self._system is None:
-                self._system = _Lane()
-            return self._system
+            lane = self._system
+            if lane is None:
+                lane = self._system = _Lane()
+            return lane
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
@@ -97,10 +129,13 @@ class Mailbox(Generic[_T]):
 
     def _append(self, lane: _Lane[_T], item: _T, system: bool, key: Hashable) -> None:
         if not system:
-            if not lane.items:
+            if not lane.n:
+                if self._turns is None:
+                    self._turns = deque()
                 self._turns.append(key)
             self._size += 1
         lane.items.append(item)
+        lane.n += 1
         getter = self._getter
         if getter is not None and not getter.done():
             getter.set_result(None)
@@ -113,7 +148,7 @@ class Mailbox(Generic[_T]):
         # Keep FIFO for senders that are already waiting on this lane.
         if lane.putters or lane.woken:
             return False
-        if len(lane.items) >= (self.system_capacity if system else self.capacity):
+        if lane.n >= (self.system_capacity if system else self.capacity):
             return False
         self._append(lane, item, system, key)
         return True
@@ -125,7 +160,7 @@ class Mailbox(Generic[_T]):
             if self._closed:
                 raise BusClosedError("the subscriber's queue is closed")
             lane = self._lane(system, key)
-            if len(lane.items) < limit:
+            if lane.n < limit:
                 self._append(lane, item, system, key)
                 return
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -142,7 +177,7 @@ class Mailbox(Generic[_T]):
                         lane.putters.remove(waiter)
                 # Woken for room we will not use (cancelled, timed out): pass the wake-up on,
                 # or the next sender waits although there is room.
-                if not self._closed and len(lane.items) < limit:
+                if not self._closed and lane.n < limit:
                     self._wake_putter(lane)
                 if not system:
                     self._forget_if_idle(key, lane)
@@ -154,24 +189,29 @@ class Mailbox(Generic[_T]):
         nothing is queued, or nothing queued may be admitted."""
         while True:
             system = self._system
-            if system is not None and system.items:
-                item = system.items.popleft()
+            if system is not None and system.n:
+                item = system.pop()
                 self._wake_putter(system)
                 return item
             turns = self._turns
             admit = self._admit
-            for _ in range(len(turns)):
+            for _ in range(len(turns) if turns else 0):
+                assert turns is not None
                 key = turns[0]
                 lane = self._lanes[key]
-                item = lane.items[0]
-                if admit is not None and not admit(item):
+                if admit is not None and not admit(lane.first()):
                     turns.rotate(-1)  # held back: the other senders go first
+                    self._burst = 0
                     continue
-                lane.items.popleft()
-                turns.popleft()
+                item = lane.pop()
                 self._size -= 1
-                if lane.items:
-                    turns.append(key)  # its next item waits for the other senders' turns
+                self._burst += 1
+                if not lane.n:
+                    turns.popleft()
+                    self._burst = 0
+                elif self._burst >= QUANTUM:
+                    turns.rotate(-1)  # its next items wait for the other senders' turns
+                    self._burst = 0
                 self._wake_putter(lane)
                 self._forget_if_idle(key, lane)
                 return item
@@ -204,19 +244,27 @@ class Mailbox(Generic[_T]):
             lane.woken -= 1
 
     def _forget_if_idle(self, key: Hashable, lane: _Lane[_T]) -> None:
-        if lane.idle() and self._lanes.get(key) is lane:
-            del self._lanes[key]
+        # Idle lanes are kept (a sender that sent once usually sends again, and making a lane
+        # per message would cost more than the message), until there are many: then the idle
+        # ones are swept, in amortized constant time.
+        lanes = self._lanes
+        if len(lanes) > self._sweep_at:
+            self._sweep_at = 2 * len(lanes)  # room for as many senders as were seen
+            for k in [k for k, each in lanes.items() if each.idle()]:
+                del lanes[k]
 
     def close(self) -> list[_T]:
         """Close the mailbox: waiting senders and the getter fail; returns what was queued."""
         self._closed = True
-        left: list[_T] = [*(self._system.items if self._system else ())]
-        lanes = [lane for lane in (self._system, *self._lanes.values()) if lane is not None]
-        for key in self._turns:
-            left.extend(self._lanes[key].items)
+        system = self._system
+        left: list[_T] = list(system.items[system.head :]) if system else []
+        lanes = [lane for lane in (system, *self._lanes.values()) if lane is not None]
+        for key in self._turns or ():
+            lane = self._lanes[key]
+            left.extend(lane.items[lane.head :])
         self._system = None
         self._lanes = {}
-        self._turns.clear()
+        self._turns = None
         self._size = 0
         for lane in lanes:
             for waiter in lane.putters or ():

@@ -158,7 +158,7 @@ async def sample_rss(pid: int, until: float, peak: list[int]) -> None:
     peak[0] = max(peak[0], rss(pid))
 
 
-async def flood_scenario(flooders: int) -> tuple[int, list[Flooder], Polite]:
+async def flood_scenario(flooders: int) -> tuple[int, list[Flooder], Polite, str]:
     """Run ``flooders`` flooders and a polite peer for FLOOD_SECONDS; return RSS growth."""
     async with SideProcess.run(
         sys.executable, "-m", "tests.flood.server", env={**ENV, "PYTHONPATH": str(REPO)}
@@ -183,26 +183,30 @@ async def flood_scenario(flooders: int) -> tuple[int, list[Flooder], Polite]:
             async with Polite(f"{base}/newcomer", "newcomer") as newcomer:
                 assert await newcomer.ask(0, timeout=5) == {"echo": {"n": 0}, "for": "newcomer"}
         assert server.process.returncode is None, server.report()
-    return peak[0] - before, floods, polite
+    return peak[0] - before, floods, polite, server.stderr
 
 
-def check_flood(floods: list[Flooder], polite: Polite) -> None:
+def check_flood(floods: list[Flooder], polite: Polite, log: str) -> None:
     for flooder in floods:
         assert flooder.connections >= 1
         assert flooder.sent > 100, f"{flooder.name} did not flood: {flooder.sent} sent"
     assert polite.asked >= 5  # it kept asking (how fast is the benchmark's to judge)...
     assert polite.answered == list(range(polite.asked))  # ...and got every answer
+    # A flooder's link whose answers could not be written within send_timeout was closed,
+    # and the log names the peer.
+    assert "(4000 peer too slow)" in log, log[-3000:]
+    assert "(peer 127.0.0.1:" in log
 
 
 async def test_one_flooder_cannot_exhaust_the_server() -> None:
-    growth, floods, polite = await flood_scenario(1)
-    check_flood(floods, polite)
+    growth, floods, polite, log = await flood_scenario(1)
+    check_flood(floods, polite, log)
     assert growth < 64 * MiB, f"the server grew by {growth / MiB:.1f} MiB"
 
 
 async def test_twenty_flooders_stay_within_their_budgets() -> None:
-    growth, floods, polite = await flood_scenario(20)
-    check_flood(floods, polite)
+    growth, floods, polite, log = await flood_scenario(20)
+    check_flood(floods, polite, log)
     limit = 64 * MiB + 20 * BUDGET
     assert growth < limit, f"the server grew by {growth / MiB:.1f} MiB (limit {limit / MiB:.0f})"
 

@@ -7,7 +7,7 @@ import asyncio
 import anyio
 import pytest
 
-from fastapi_busproxy._mailbox import Mailbox
+from fastapi_busproxy._mailbox import QUANTUM, Mailbox
 from fastapi_busproxy.exceptions import BusClosedError
 
 DATA = False
@@ -196,7 +196,7 @@ async def test_many_waiting_senders_are_served_oldest_first_by_a_fast_getter() -
             got.append(await box.get())
         await asyncio.gather(*senders)
     assert got == list(range(300))
-    assert box._lanes == {}  # nobody left waiting or counted as woken
+    assert all(lane.idle() for lane in box._lanes.values())  # nobody waits or is counted
 
 
 # --- a lane per sender ---------------------------------------------------------------------
@@ -204,14 +204,17 @@ async def test_many_waiting_senders_are_served_oldest_first_by_a_fast_getter() -
 
 @pytest.mark.anyio
 async def test_senders_take_turns_and_each_stays_fifo() -> None:
-    box: Mailbox[str] = Mailbox(10, 10)
-    for n in range(3):
-        box.offer(f"flood{n}", DATA, "flooder")
+    box: Mailbox[str] = Mailbox(100, 10)
+    flood = [f"flood{n}" for n in range(QUANTUM + 2)]
+    for item in flood:
+        box.offer(item, DATA, "flooder")
     box.offer("a0", DATA, "alice")
     box.offer("a1", DATA, "alice")
     box.offer("b0", DATA, "bob")
-    got = [await box.get() for _ in range(6)]
-    assert got == ["flood0", "a0", "b0", "flood1", "a1", "flood2"]
+    got = [await box.get() for _ in range(len(flood) + 3)]
+    # A turn is up to QUANTUM items: the flooder's first QUANTUM, then alice's, bob's, and
+    # the rest of the flood.
+    assert got == [*flood[:QUANTUM], "a0", "a1", "b0", *flood[QUANTUM:]]
 
 
 @pytest.mark.anyio
@@ -222,13 +225,15 @@ async def test_a_full_lane_makes_only_its_sender_wait() -> None:
     assert not box.offer("f2", DATA, "flooder")
     flooder = asyncio.create_task(box.put("f2", DATA, "flooder"))
     await yield_until_blocked(flooder)
-    # Another sender has room of its own, and goes before the flooder's waiting item.
+    # Another sender has room of its own while the flooder waits.
     assert box.offer("a0", DATA, "alice")
     assert box.lane_length("flooder") == 2
-    assert [await box.get() for _ in range(2)] == ["f0", "a0"]
+    assert box.lane_length("alice") == 1
     with anyio.fail_after(5):
+        got = [await box.get() for _ in range(4)]
         await flooder
-    assert [await box.get() for _ in range(2)] == ["f1", "f2"]
+    assert sorted(got) == ["a0", "f0", "f1", "f2"]
+    assert [item for item in got if item.startswith("f")] == ["f0", "f1", "f2"]
 
 
 @pytest.mark.anyio

@@ -49,6 +49,8 @@ class LinkStats:
             splits them (``malformed``, ``text_frame``, ``framing``, ``forged_source``,
             ``wrong_target``, ``foreign_registry``, ``local_only``).
         oversized: connections closed because a message exceeded the size limit.
+        too_slow: connections closed because the peer did not take what was sent to it within
+            ``send_timeout`` (close code 4000).
         dropped: outbound messages lost: outbox overflow or expiry while disconnected, encode
             errors, or left in the queue when the link ended for good.
         reconnects: connections opened after the first one (client).
@@ -63,6 +65,7 @@ class LinkStats:
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     oversized: int = 0
+    too_slow: int = 0
     dropped: int = 0
     reconnects: int = 0
     last_rtt: float | None = None

@@ -313,6 +313,8 @@ class WebSocketProxyClient(ProxyWorker):
             latency = getattr(connection, "latency", None)
             if latency:
                 self.stats.last_rtt = latency
+            if self.close_info.code == CloseCode.PEER_TOO_SLOW:
+                self.stats.too_slow += 1
             if self.close_info.code == CloseCode.MESSAGE_TOO_BIG:
                 self.stats.oversized += 1
             level = logging.INFO if self.close_info.normal else logging.WARNING

@@ -150,6 +150,12 @@ class WebSocketProxyServer(ProxyWorker):
         ):
             self._announce(link, entry)
 
+    @property
+    def peer(self) -> str:
+        """The client's address (``host:port``), for log lines."""
+        client = getattr(self.websocket, "scope", {}).get("client")
+        return f"{client[0]}:{client[1]}" if client else "?"
+
     async def _run_link(self, link: Link) -> None:
         info: CloseInfo | None = None
         try:
@@ -160,7 +166,9 @@ class WebSocketProxyServer(ProxyWorker):
             self._link_down()
             left = self._outbox.clear()
             self.stats.dropped += left
-            _log_close(self.name, self.close_info, left)
+            if self.close_info.code == CloseCode.PEER_TOO_SLOW:
+                self.stats.too_slow += 1
+            _log_close(f"{self.name} (peer {self.peer})", self.close_info, left)
             await self._call_event_handler("on_client_disconnected", self.websocket)
         await self._cancel_now("connection closed")
 
