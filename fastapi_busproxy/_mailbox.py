@@ -1,21 +1,21 @@
 """A bounded queue with a lane per sender: system messages first, then senders in turn.
 
-Data items are queued in a lane per *key* (the bus uses the sender's name), each lane FIFO and
-holding at most ``capacity`` items; ``get()`` takes the lanes in turn (round-robin), so one
-sender that floods a subscriber fills its own lane, and waits, while every other sender's items
-keep being taken (up to :data:`QUANTUM` items a turn). System items have one lane of their
-own, bounded by ``system_capacity``, taken before any data item.
+Data items are queued in a lane per *key* (the bus uses the sender's name), each lane FIFO;
+``get()`` takes the lanes in turn (round-robin, up to :data:`QUANTUM` items a turn), so the
+items of one sender that floods a subscriber do not delay every other sender's. The data lanes
+share ``capacity`` items in all. When they are full, senders wait (``put()``), and the room
+freed by each item taken goes to the waiting senders in turn, one item each: a flooder waits
+for its turn like everyone else, instead of filling the room it frees. System items have one lane of
+their own, bounded by ``system_capacity``, taken before any data item.
 
-``offer()`` never waits; ``put()`` waits for room in its lane. An optional ``admit(item)``
-predicate holds an item back at the head of its lane while it returns ``False`` (a worker at its
-limit of jobs in flight); the other lanes go on, and :meth:`Mailbox.readmit` asks ``get()`` to
-look again.
+``offer()`` never waits. An optional ``admit(item)`` predicate holds an item back at the head of
+its lane while it returns ``False`` (a worker at its limit of jobs in flight); the other lanes
+go on, and :meth:`Mailbox.readmit` asks ``get()`` to look again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -34,18 +34,16 @@ its answers then leave in one batch too. A flooder delays another sender by at m
 
 class _Lane(Generic[_T]):
     """One sender's items (a list read from ``head``: lanes come and go with traffic, and a
-    list costs a tenth of a deque to make), and the senders waiting for room in it (oldest
-    first). A woken sender leaves ``putters`` and is counted in ``woken`` until it has run,
-    so nobody overtakes it."""
+    list costs a tenth of a deque to make), and the senders waiting to add to it, oldest
+    first."""
 
-    __slots__ = ("head", "items", "n", "putters", "woken")
+    __slots__ = ("head", "items", "n", "putters")
 
     def __init__(self) -> None:
         self.items: list[_T] = []
         self.head = 0
         self.n = 0  # items not yet read
         self.putters: deque[asyncio.Future[None]] | None = None
-        self.woken = 0
 
     def first(self) -> _T:
         return self.items[self.head]
@@ -64,7 +62,7 @@ class _Lane(Generic[_T]):
         return item
 
     def idle(self) -> bool:
-        return not self.n and not self.putters and not self.woken
+        return not self.n and not self.putters
 
 
 class Mailbox(Generic[_T]):
@@ -77,7 +75,11 @@ class Mailbox(Generic[_T]):
         "_size",
         "_sweep_at",
         "_system",
+        "_system_woken",
         "_turns",
+        "_wait_order",
+        "_waiting",
+        "_woken",
         "capacity",
         "system_capacity",
     )
@@ -97,10 +99,14 @@ class Mailbox(Generic[_T]):
         self._lanes: dict[Hashable, _Lane[_T]] = {}
         # Keys of the lanes with items, in turn order; made on first use.
         self._turns: deque[Hashable] | None = None
-        self._size = 0
         self._burst = 0  # items taken in a row from the lane at the head of the turns
+        self._size = 0  # data items queued
+        self._woken = 0  # data senders woken for room they have not taken yet
+        self._waiting: dict[Hashable, _Lane[_T]] | None = None  # lanes with waiting senders
+        self._wait_order: deque[Hashable] | None = None  # their keys, in turn order
         self._sweep_at = _SWEEP_AT
         self._system: _Lane[_T] | None = None
+        self._system_woken = 0
         self._getter: asyncio.Future[None] | None = None
         self._closed = False
 
@@ -112,23 +118,24 @@ class Mailbox(Generic[_T]):
         return self._closed
 
     def lane_length(self, key: Hashable = None) -> int:
-        """Data items queued in the lane of ``key``."""
+        """Data items queued from the sender ``key``."""
         lane = self._lanes.get(key)
         return lane.n if lane else 0
 
-    def _lane(self, system: bool, key: Hashable) -> _Lane[_T]:
-        if system:
-            lane = self._system
-            if lane is None:
-                lane = self._system = _Lane()
-            return lane
+    def _data_lane(self, key: Hashable) -> _Lane[_T]:
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
         return lane
 
-    def _append(self, lane: _Lane[_T], item: _T, system: bool, key: Hashable) -> None:
-        if not system:
+    def _system_lane(self) -> _Lane[_T]:
+        lane = self._system
+        if lane is None:
+            lane = self._system = _Lane()
+        return lane
+
+    def _append(self, lane: _Lane[_T], item: _T, key: Hashable) -> None:
+        if key is not _SYSTEM:
             if not lane.n:
                 if self._turns is None:
                     self._turns = deque()
@@ -141,27 +148,65 @@ class Mailbox(Generic[_T]):
             getter.set_result(None)
 
     def offer(self, item: _T, system: bool, key: Hashable = None) -> bool:
-        """Queue ``item`` if its lane has room (and nobody waits before it); never waits."""
+        """Queue ``item`` if there is room (and nobody waits for it); never waits."""
         if self._closed:
             raise BusClosedError("the subscriber's queue is closed")
-        lane = self._lane(system, key)
-        # Keep FIFO for senders that are already waiting on this lane.
-        if lane.putters or lane.woken:
+        if system:
+            lane = self._system_lane()
+            if lane.putters or self._system_woken or lane.n >= self.system_capacity:
+                return False
+            self._append(lane, item, _SYSTEM)
+            return True
+        if self._waiting or self._size + self._woken >= self.capacity:
             return False
-        if lane.n >= (self.system_capacity if system else self.capacity):
-            return False
-        self._append(lane, item, system, key)
+        self._append(self._data_lane(key), item, key)
         return True
 
     async def put(self, item: _T, system: bool, key: Hashable = None) -> None:
-        """Queue ``item``, waiting for room in its lane. Cancelling gives up without queuing."""
-        limit = self.system_capacity if system else self.capacity
+        """Queue ``item``, waiting for room. Cancelling gives up without queuing."""
+        if system:
+            await self._put_system(item)
+            return
+        if self._closed:
+            raise BusClosedError("the subscriber's queue is closed")
+        if not self._waiting and self._size + self._woken < self.capacity:
+            self._append(self._data_lane(key), item, key)
+            return
+        lane = self._data_lane(key)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if lane.putters is None:
+            lane.putters = deque()
+        lane.putters.append(waiter)
+        if self._waiting is None:
+            self._waiting = {}
+        if key not in self._waiting:
+            self._waiting[key] = lane
+            if self._wait_order is None:
+                self._wait_order = deque()
+            self._wait_order.append(key)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                if not self._closed:  # woken for room it will not take: pass it on
+                    self._woken -= 1
+                    self._wake_fairest()
+            else:
+                self._drop_putter(key, lane, waiter)
+            raise
+        if self._closed:
+            raise BusClosedError("the subscriber's queue is closed")
+        self._woken -= 1  # the room reserved when this sender was woken
+        # The lane may have been swept meanwhile (a woken sender leaves its putters).
+        self._append(self._data_lane(key), item, key)
+
+    async def _put_system(self, item: _T) -> None:
         while True:
             if self._closed:
                 raise BusClosedError("the subscriber's queue is closed")
-            lane = self._lane(system, key)
-            if lane.n < limit:
-                self._append(lane, item, system, key)
+            lane = self._system_lane()
+            if lane.n < self.system_capacity:
+                self._append(lane, item, _SYSTEM)
                 return
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if lane.putters is None:
@@ -171,18 +216,23 @@ class Mailbox(Generic[_T]):
                 await waiter
             except BaseException:
                 if waiter.done() and not waiter.cancelled():
-                    self._woken_ran(lane)
-                elif lane.putters is not None:  # still queued (a cancelled or timed-out send)
-                    with contextlib.suppress(ValueError):
-                        lane.putters.remove(waiter)
-                # Woken for room we will not use (cancelled, timed out): pass the wake-up on,
-                # or the next sender waits although there is room.
-                if not self._closed and lane.n < limit:
-                    self._wake_putter(lane)
-                if not system:
-                    self._forget_if_idle(key, lane)
+                    if not self._closed:
+                        self._system_woken -= 1
+                        self._wake_system()
+                elif lane.putters is not None and waiter in lane.putters:
+                    lane.putters.remove(waiter)
                 raise
-            self._woken_ran(lane)
+            if not self._closed:
+                self._system_woken -= 1
+
+    def _drop_putter(self, key: Hashable, lane: _Lane[_T], waiter: asyncio.Future[None]) -> None:
+        putters = lane.putters
+        if putters is not None and waiter in putters:
+            putters.remove(waiter)
+        if not putters and self._waiting is not None and key in self._waiting:
+            del self._waiting[key]
+            if self._wait_order is not None:
+                self._wait_order.remove(key)
 
     async def get(self) -> _T:
         """Take the next item: system lane first, then the data lanes in turn; wait while
@@ -191,7 +241,7 @@ class Mailbox(Generic[_T]):
             system = self._system
             if system is not None and system.n:
                 item = system.pop()
-                self._wake_putter(system)
+                self._wake_system()
                 return item
             turns = self._turns
             admit = self._admit
@@ -212,11 +262,16 @@ class Mailbox(Generic[_T]):
                 elif self._burst >= QUANTUM:
                     turns.rotate(-1)  # its next items wait for the other senders' turns
                     self._burst = 0
-                self._wake_putter(lane)
-                self._forget_if_idle(key, lane)
+                if self._waiting:
+                    self._wake_fairest()
+                self._forget_if_idle()
                 return item
             if self._closed:
                 raise BusClosedError("the subscriber's queue is closed")
+            if self._size and self._waiting:
+                # Full of items held back (a worker at its job limits): let in a sender whose
+                # item may go now, past the capacity, rather than have it wait on the others.
+                self._wake_fairest(past_capacity=True)
             getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._getter = getter
             try:
@@ -230,20 +285,57 @@ class Mailbox(Generic[_T]):
         if getter is not None and not getter.done() and self._turns:
             getter.set_result(None)
 
-    def _wake_putter(self, lane: _Lane[_T]) -> None:
-        waiters = lane.putters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                lane.woken += 1
+    def _wake_fairest(self, past_capacity: bool = False) -> None:
+        """Give the free room to waiting senders in turn: one item each, round-robin, so a
+        flooder gets no more of it than a sender that sends one message.
+
+        ``past_capacity``: the queue holds only items ``admit`` holds back; wake one sender
+        whose own lane is empty or may go, even though the queue is full. The queue then
+        exceeds its capacity by at most one item per such sender.
+        """
+        waiting = self._waiting
+        admit = self._admit
+        # A deque of keys gives the turns: a dict popped at the front and refilled at the back
+        # makes iter() skip ever more dead entries.
+        while waiting and (past_capacity or self._size + self._woken < self.capacity):
+            order = self._wait_order
+            assert order is not None
+            if past_capacity:
+                for key in order:
+                    lane = waiting[key]
+                    if not lane.n or admit is None or admit(lane.first()):
+                        break
+                else:
+                    return
+                order.remove(key)
+            else:
+                key = order.popleft()
+            lane = waiting[key]
+            putters = lane.putters
+            while putters:
+                waiter = putters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    self._woken += 1
+                    break
+            if putters:
+                order.append(key)  # its next sender waits for the others' turns
+            else:
+                del waiting[key]
+            if past_capacity:
                 return
 
-    def _woken_ran(self, lane: _Lane[_T]) -> None:
-        if not self._closed:  # close() woke everyone and dropped the lanes
-            lane.woken -= 1
+    def _wake_system(self) -> None:
+        lane = self._system
+        putters = lane.putters if lane is not None else None
+        while putters:
+            waiter = putters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._system_woken += 1
+                return
 
-    def _forget_if_idle(self, key: Hashable, lane: _Lane[_T]) -> None:
+    def _forget_if_idle(self) -> None:
         # Idle lanes are kept (a sender that sent once usually sends again, and making a lane
         # per message would cost more than the message), until there are many: then the idle
         # ones are swept, in amortized constant time.
@@ -265,7 +357,9 @@ class Mailbox(Generic[_T]):
         self._system = None
         self._lanes = {}
         self._turns = None
-        self._size = 0
+        self._waiting = None
+        self._wait_order = None
+        self._size = self._woken = self._system_woken = 0
         for lane in lanes:
             for waiter in lane.putters or ():
                 if not waiter.done():
@@ -274,3 +368,6 @@ class Mailbox(Generic[_T]):
         if self._getter is not None and not self._getter.done():
             self._getter.set_result(None)
         return left
+
+
+_SYSTEM = object()  # the key of the system lane in _append

@@ -218,22 +218,28 @@ async def test_senders_take_turns_and_each_stays_fifo() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_full_lane_makes_only_its_sender_wait() -> None:
-    box: Mailbox[str] = Mailbox(2, 1)
-    assert box.offer("f0", DATA, "flooder")
-    assert box.offer("f1", DATA, "flooder")
-    assert not box.offer("f2", DATA, "flooder")
-    flooder = asyncio.create_task(box.put("f2", DATA, "flooder"))
-    await yield_until_blocked(flooder)
-    # Another sender has room of its own while the flooder waits.
-    assert box.offer("a0", DATA, "alice")
-    assert box.lane_length("flooder") == 2
+async def test_when_full_waiting_senders_get_the_room_in_turn() -> None:
+    box: Mailbox[str] = Mailbox(3, 1)
+    for n in range(3):
+        assert box.offer(f"f{n}", DATA, "flooder")
+    assert not box.offer("a0", DATA, "alice")  # full, for everyone
+    floods = [asyncio.create_task(box.put(f"f{n}", DATA, "flooder")) for n in range(3, 6)]
+    await yield_until_blocked(*floods)  # the flooder waits first, three times over...
+    alice = asyncio.create_task(box.put("a0", DATA, "alice"))
+    await yield_until_blocked(*floods, alice)
+    with anyio.fail_after(5):
+        assert await box.get() == "f0"
+        await floods[0]  # ...and gets the first room,
+        assert await box.get() == "f1"
+        await alice  # but alice the next, not after the flooder's other waiting messages
+    assert not floods[1].done()
     assert box.lane_length("alice") == 1
     with anyio.fail_after(5):
-        got = [await box.get() for _ in range(4)]
-        await flooder
-    assert sorted(got) == ["a0", "f0", "f1", "f2"]
-    assert [item for item in got if item.startswith("f")] == ["f0", "f1", "f2"]
+        got = [await box.get() for _ in range(3)]
+        await asyncio.gather(*floods)
+        got += [await box.get() for _ in range(2)]
+    assert sorted(got) == ["a0", "f2", "f3", "f4", "f5"]
+    assert [item for item in got if item.startswith("f")] == ["f2", "f3", "f4", "f5"]
 
 
 @pytest.mark.anyio
