@@ -39,13 +39,13 @@ import enum
 import itertools
 import logging
 import time
-import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ._events import EventEmitter
 from ._flag import Flag
+from ._marked import marked_methods
 from ._tasks import TaskSet
 from .bus import DirectHandler, Subscription, WorkerBus
 from .exceptions import BusError, ConfigurationError, InvalidStateError
@@ -150,41 +150,13 @@ def worker_ready(*, name: str) -> Callable[[_F], _F]:
 
 
 def _collect_ready_handlers(obj: object) -> dict[str, Callable[..., Any]]:
-    names = _ready_handler_names(type(obj))
-    return {name: getattr(obj, attr) for name, attr in names.items()} if names else _NONE
+    marked = marked_methods(type(obj), "__busproxy_worker_ready__", "@worker_ready")
+    if not marked:
+        return _NONE
+    return {str(name): getattr(obj, attr) for name, (attr, _) in marked.items()}
 
 
 _NONE: dict[str, Any] = {}
-
-
-_READY_HANDLER_NAMES_CACHE: weakref.WeakKeyDictionary[type, dict[str, str]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _ready_handler_names(cls: type) -> dict[str, str]:
-    """``{watched worker: method name}`` of the ``@worker_ready`` methods of ``cls``."""
-    cached = _READY_HANDLER_NAMES_CACHE.get(cls)
-    if cached is not None:
-        return cached
-    found: dict[str, str] = {}
-    seen: set[str] = set()
-    for klass in cls.__mro__:
-        for attr, value in vars(klass).items():
-            if attr in seen:
-                continue
-            seen.add(attr)
-            name = getattr(value, "__busproxy_worker_ready__", None)
-            if name is None:
-                continue
-            if name in found:
-                raise ConfigurationError(
-                    f"{cls.__name__} has two @worker_ready handlers for {name!r}:"
-                    f" {attr} and {found[name]}"
-                )
-            found[name] = attr
-    _READY_HANDLER_NAMES_CACHE[cls] = found
-    return found
 
 
 # Data messages an inactive worker still takes: what changes its state, and the answers to

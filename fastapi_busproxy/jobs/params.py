@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
-from ..exceptions import ConfigurationError
+from .._marked import marked_methods
 from ..messages import JobStatus
 
 __all__ = [
@@ -138,41 +137,13 @@ def collect_job_handlers(obj: object) -> dict[str, tuple[Callable[..., Any], boo
     Raises:
         ConfigurationError: two methods handle the same job name.
     """
-    names = _job_handler_names(type(obj))
-    if not names:
+    marked = marked_methods(type(obj), "__busproxy_job__", "@job")
+    if not marked:
         return _NONE
-    return {job_name: (getattr(obj, attr), seq) for job_name, (attr, seq) in names.items()}
+    return {
+        str(job_name): (getattr(obj, attr), bool(mark[1]))
+        for job_name, (attr, mark) in marked.items()
+    }
 
 
 _NONE: dict[str, Any] = {}
-
-
-# Per class, not per instance: a server makes a worker (its proxy) per connection.
-_JOB_HANDLER_NAMES_CACHE: weakref.WeakKeyDictionary[type, dict[str, tuple[str, bool]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _job_handler_names(cls: type) -> dict[str, tuple[str, bool]]:
-    cached = _JOB_HANDLER_NAMES_CACHE.get(cls)
-    if cached is not None:
-        return cached
-    found: dict[str, tuple[str, bool]] = {}
-    seen: set[str] = set()
-    for klass in cls.__mro__:
-        for attr, value in vars(klass).items():
-            if attr in seen:
-                continue
-            seen.add(attr)
-            marker = getattr(value, "__busproxy_job__", None)
-            if marker is None:
-                continue
-            job_name, sequential = marker
-            if job_name in found:
-                raise ConfigurationError(
-                    f"{cls.__name__} has two @job handlers for {job_name!r}:"
-                    f" {attr} and {found[job_name][0]}"
-                )
-            found[job_name] = (attr, sequential)
-    _JOB_HANDLER_NAMES_CACHE[cls] = found
-    return found
