@@ -8,18 +8,20 @@ calls the handler with one message at a time.
 Per subscriber:
 
 - the data messages of each sender are delivered in the order they were sent (FIFO), and the
-  senders take turns (round-robin): a sender that floods a subscriber makes only itself wait;
+  senders take turns (round-robin, a few messages a turn): a sender that floods a subscriber
+  does not delay the others' messages behind all of its own;
 - system messages (:class:`~fastapi_busproxy.messages.BusSystemMessage`) overtake the data
   messages already queued;
 - a handler that raises is logged and counted, and delivery goes on with the next message.
 
-Queues are bounded (``capacity`` data messages per sender, ``system_capacity`` system
-messages). When a recipient's queue is full for that sender, the sender's
+Queues are bounded (``capacity`` data messages, shared by the senders' lanes, and
+``system_capacity`` system messages). When a recipient's queue is full, the sender's
 :class:`~fastapi_busproxy.messages.Overflow` policy applies: ``WAIT`` (the default: ``send()``
 waits for room, up to ``timeout``, then raises
-:class:`~fastapi_busproxy.exceptions.BusFullError`) or ``DROP`` (the message is not queued for
-that recipient; the drop is counted on the subscription and logged). System messages always
-wait. Recipients with room get the message at once; only full ones make the sender wait.
+:class:`~fastapi_busproxy.exceptions.BusFullError`; the room freed by each message taken goes
+to the waiting senders in turn) or ``DROP`` (the message is not queued for that recipient; the
+drop is counted on the subscription and logged). System messages always wait. Recipients with
+room get the message at once; only full ones make the sender wait.
 
 A subscriber may also give a *direct* handler: the sender's task calls it when that
 subscriber has nothing queued and is not handling a message, and when it returns ``True`` the

@@ -43,7 +43,9 @@ class BusProxySettings(BaseSettings):
         None, description='Name of the app\'s runner (default "runner-<8 hex digits>").'
     )
     bus_queue_size: int = Field(
-        1000, ge=1, description="Data messages each subscriber's queue holds from one sender."
+        1000,
+        ge=1,
+        description="Data messages each subscriber's queue holds (its senders take turns).",
     )
     bus_system_queue_size: int = Field(
         100, ge=1, description="System messages each subscriber's queue holds."
