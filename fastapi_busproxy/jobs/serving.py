@@ -89,9 +89,6 @@ class JobServer:
         self._locks: dict[str, asyncio.Lock] = {}
         self._per_source: dict[str, int] = {}
 
-    def __len__(self) -> int:
-        return len(self.active_jobs)
-
     def has_room(self, source: str) -> bool:
         """Whether a request from ``source`` may start now (see :class:`JobLimits`)."""
         limits = self.limits
@@ -99,10 +96,6 @@ class JobServer:
             len(self.active_jobs) < limits.max_jobs
             and self._per_source.get(source, 0) < limits.max_jobs_per_source
         )
-
-    def in_flight(self, source: str) -> int:
-        """Unanswered jobs from ``source``."""
-        return self._per_source.get(source, 0)
 
     def _answered(self, job_id: str) -> None:
         request = self.active_jobs.pop(job_id, None)
