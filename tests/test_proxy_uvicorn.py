@@ -375,6 +375,82 @@ async def test_slow_reader_is_cut_off_by_policy_with_bounded_memory() -> None:
             del ws
 
 
+async def test_a_peer_that_reads_nothing_is_cut_off_without_waiting_for_its_close_frame() -> None:
+    """A raw TCP peer that completes the handshake and then never reads: the close frame
+    cannot be written either, and the proxy still finishes (on_client_disconnected) within
+    about send_timeout, not after the ASGI server's own closing-handshake timeouts."""
+    import base64
+    import os
+    import socket
+
+    @dataclass(kw_only=True)
+    class Blob(BusDataMessage):
+        data: str
+
+    flooder = BaseWorker("assistant")
+    runner = WorkerRunner(name="server-runner")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        async with runner:
+            await runner.add_workers(flooder)
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    proxies: list[WebSocketProxyServer] = []
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        proxy = WebSocketProxyServer(
+            "gateway",
+            websocket=websocket,
+            worker_name="assistant",
+            remote_worker_name="voice",
+            send_queue_size=1_000,
+            send_timeout=0.5,
+        )
+        proxies.append(proxy)
+        await runner.add_workers(proxy)
+        await proxy.wait()
+
+    async with running_uvicorn(app) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101")
+        reader._transport.pause_reading()  # type: ignore[attr-defined]  # read nothing more
+        try:
+            await asyncio.wait_for(runner.registry.wait_ready("gateway"), 10)
+            gateway = proxies[0]
+            events = Events(gateway, "on_client_disconnected")
+            # 200 x 64 KiB: far more than the socket buffers hold, far less than the send
+            # queue: the write that gets stuck, not a full queue, is what closes the link.
+            for _ in range(200):
+                if not gateway.connected:
+                    break
+                await flooder.send_bus_message(
+                    Blob(source="assistant", target="voice", data="x" * 65_536)
+                )
+            # uvicorn's own closing handshake waits 10 s for the close frame to be written:
+            # the proxy must not.
+            await asyncio.wait_for(events.wait("on_client_disconnected"), 5)
+            assert gateway.close_info is not None
+            assert gateway.close_info.code == CloseCode.PEER_TOO_SLOW
+        finally:
+            writer.transport.abort()
+
+
 async def test_msgpack_links_negotiate_their_subprotocol_and_carry_bytes() -> None:
     from fastapi_busproxy.serializers import MsgpackMessageSerializer
     from tests.test_serializer_msgpack import Audio

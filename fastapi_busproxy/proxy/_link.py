@@ -172,7 +172,21 @@ class Link:
         """Close the connection with ``code``; the pumps then end and :meth:`run` returns."""
         if self._close_info is None:
             self._close_info = CloseInfo(code, reason, by_us=True)
-        await self.transport.close(code, reason)
+        await self._close_transport(code, reason)
+
+    async def _close_transport(self, code: int, reason: str) -> None:
+        # A peer that does not read cannot take the close frame either: the ASGI server's
+        # closing handshake would then wait for its own timeouts (10 s and more with
+        # uvicorn). Give it send_timeout, like any write; the server tears the TCP
+        # connection down on its own afterwards.
+        try:
+            await asyncio.wait_for(self.transport.close(code, reason), self.config.send_timeout)
+        except asyncio.TimeoutError:
+            logger.info(
+                "link %s: closing handshake unfinished after %.1fs; left to the server",
+                self.name,
+                self.config.send_timeout,
+            )
 
     # -- run ----------------------------------------------------------------------------------
 
@@ -205,7 +219,7 @@ class Link:
             if self._close_info is None:
                 self._close_info = self._outcome(tasks)
             if self._close_info.by_us:
-                await self.transport.close(self._close_info.code, self._close_info.reason)
+                await self._close_transport(self._close_info.code, self._close_info.reason)
         return self._close_info
 
     def _outcome(self, tasks: list[asyncio.Task[None]]) -> CloseInfo:
