@@ -4,9 +4,14 @@ Data items are queued in a lane per *key* (the bus uses the sender's name), each
 ``get()`` takes the lanes in turn (round-robin, up to :data:`QUANTUM` items a turn), so the
 items of one sender that floods a subscriber do not delay every other sender's. The data lanes
 share ``capacity`` items in all. When they are full, senders wait (``put()``), and the room
-freed by each item taken goes to the waiting senders in turn, one item each: a flooder waits
-for its turn like everyone else, instead of filling the room it frees. System items have one lane of
-their own, bounded by ``system_capacity``, taken before any data item.
+freed by the items taken goes to the waiting senders in turn, a *burst* of up to
+:data:`QUANTUM` items each: the woken sender queues its item, and further items from the same
+sender in the same turn of the event loop (the rest of a batch read from one socket) take the
+rest of the burst without waiting; what it does not take returns to the pool at the end of that
+turn. A flooder waits for its turn like everyone else, instead of filling the room it frees,
+and a link's batch stays together in its lane, so it is handled, and answered, together.
+System items have one lane of their own, bounded by ``system_capacity``, taken before any data
+item.
 
 ``offer()`` never waits. An optional ``admit(item)`` predicate holds an item back at the head of
 its lane while it returns ``False`` (a worker at its limit of jobs in flight); the other lanes
@@ -34,16 +39,17 @@ its answers then leave in one batch too. A flooder delays another sender by at m
 
 class _Lane(Generic[_T]):
     """One sender's items (a list read from ``head``: lanes come and go with traffic, and a
-    list costs a tenth of a deque to make), and the senders waiting to add to it, oldest
-    first."""
+    list costs a tenth of a deque to make), the senders waiting to add to it, oldest first,
+    and the room left of the burst its sender was last woken with."""
 
-    __slots__ = ("head", "items", "n", "putters")
+    __slots__ = ("grant", "head", "items", "n", "putters")
 
     def __init__(self) -> None:
         self.items: list[_T] = []
         self.head = 0
         self.n = 0  # items not yet read
-        self.putters: deque[asyncio.Future[None]] | None = None
+        self.putters: deque[asyncio.Future[int]] | None = None
+        self.grant = 0  # reserved room this sender may still take in this turn of the loop
 
     def first(self) -> _T:
         return self.items[self.head]
@@ -62,13 +68,14 @@ class _Lane(Generic[_T]):
         return item
 
     def idle(self) -> bool:
-        return not self.n and not self.putters
+        return not self.n and not self.putters and not self.grant
 
 
 class Mailbox(Generic[_T]):
     __slots__ = (
         "_admit",
         "_burst",
+        "_burst_room",
         "_closed",
         "_getter",
         "_lanes",
@@ -101,7 +108,11 @@ class Mailbox(Generic[_T]):
         self._turns: deque[Hashable] | None = None
         self._burst = 0  # items taken in a row from the lane at the head of the turns
         self._size = 0  # data items queued
-        self._woken = 0  # data senders woken for room they have not taken yet
+        self._woken = 0  # room reserved for woken data senders and not taken yet
+        # Room a waiting sender is woken with: wait until that much is free, so its burst
+        # stays together in its lane. At most a quarter of the capacity, so a small mailbox
+        # still wakes its senders early, one item each.
+        self._burst_room = max(1, min(QUANTUM, capacity // 4))
         self._waiting: dict[Hashable, _Lane[_T]] | None = None  # lanes with waiting senders
         self._wait_order: deque[Hashable] | None = None  # their keys, in turn order
         self._sweep_at = _SWEEP_AT
@@ -157,9 +168,20 @@ class Mailbox(Generic[_T]):
                 return False
             self._append(lane, item, _SYSTEM)
             return True
+        if self._take_grant(key):
+            self._append(self._lanes[key], item, key)
+            return True
         if self._waiting or self._size + self._woken >= self.capacity:
             return False
         self._append(self._data_lane(key), item, key)
+        return True
+
+    def _take_grant(self, key: Hashable) -> bool:
+        lane = self._lanes.get(key)
+        if lane is None or not lane.grant:
+            return False
+        lane.grant -= 1
+        self._woken -= 1
         return True
 
     async def put(self, item: _T, system: bool, key: Hashable = None) -> None:
@@ -169,11 +191,13 @@ class Mailbox(Generic[_T]):
             return
         if self._closed:
             raise BusClosedError("the subscriber's queue is closed")
-        if not self._waiting and self._size + self._woken < self.capacity:
+        if self._take_grant(key) or (
+            not self._waiting and self._size + self._woken < self.capacity
+        ):
             self._append(self._data_lane(key), item, key)
             return
         lane = self._data_lane(key)
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if lane.putters is None:
             lane.putters = deque()
         lane.putters.append(waiter)
@@ -184,21 +208,41 @@ class Mailbox(Generic[_T]):
             if self._wait_order is None:
                 self._wait_order = deque()
             self._wait_order.append(key)
+        getter = self._getter
+        if getter is not None and not getter.done() and self._size:
+            # The getter waits although the queue holds items: all are held back. Have it
+            # look again, and let this sender in past the capacity if its item may go.
+            getter.set_result(None)
         try:
-            await waiter
+            room = await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 if not self._closed:  # woken for room it will not take: pass it on
-                    self._woken -= 1
+                    self._woken -= waiter.result()
                     self._wake_fairest()
             else:
                 self._drop_putter(key, lane, waiter)
             raise
         if self._closed:
             raise BusClosedError("the subscriber's queue is closed")
-        self._woken -= 1  # the room reserved when this sender was woken
+        self._woken -= 1  # one item of the room reserved when this sender was woken
         # The lane may have been swept meanwhile (a woken sender leaves its putters).
-        self._append(self._data_lane(key), item, key)
+        lane = self._data_lane(key)
+        self._append(lane, item, key)
+        if room > 1:
+            # The rest of the burst is this sender's until the end of this turn of the loop.
+            if not lane.grant:
+                asyncio.get_running_loop().call_soon(self._end_grant, key, lane)
+            lane.grant += room - 1
+
+    def _end_grant(self, key: Hashable, lane: _Lane[_T]) -> None:
+        """The turn of the loop is over: what the sender did not take goes back to the pool."""
+        if self._closed or not lane.grant:
+            return
+        self._woken -= lane.grant
+        lane.grant = 0
+        if self._waiting:
+            self._wake_fairest()
 
     async def _put_system(self, item: _T) -> None:
         while True:
@@ -208,7 +252,7 @@ class Mailbox(Generic[_T]):
             if lane.n < self.system_capacity:
                 self._append(lane, item, _SYSTEM)
                 return
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             if lane.putters is None:
                 lane.putters = deque()
             lane.putters.append(waiter)
@@ -225,7 +269,7 @@ class Mailbox(Generic[_T]):
             if not self._closed:
                 self._system_woken -= 1
 
-    def _drop_putter(self, key: Hashable, lane: _Lane[_T], waiter: asyncio.Future[None]) -> None:
+    def _drop_putter(self, key: Hashable, lane: _Lane[_T], waiter: asyncio.Future[int]) -> None:
         putters = lane.putters
         if putters is not None and waiter in putters:
             putters.remove(waiter)
@@ -286,8 +330,9 @@ class Mailbox(Generic[_T]):
             getter.set_result(None)
 
     def _wake_fairest(self, past_capacity: bool = False) -> None:
-        """Give the free room to waiting senders in turn: one item each, round-robin, so a
-        flooder gets no more of it than a sender that sends one message.
+        """Give the free room to waiting senders in turn, round-robin, a burst each once a
+        burst is free (see the module documentation): a flooder gets no more of it than a
+        sender that sends one message, and a batch from one socket stays together.
 
         ``past_capacity``: the queue holds only items ``admit`` holds back; wake one sender
         whose own lane is empty or may go, even though the queue is full. The queue then
@@ -297,7 +342,8 @@ class Mailbox(Generic[_T]):
         admit = self._admit
         # A deque of keys gives the turns: a dict popped at the front and refilled at the back
         # makes iter() skip ever more dead entries.
-        while waiting and (past_capacity or self._size + self._woken < self.capacity):
+        burst = 1 if past_capacity else self._burst_room
+        while waiting and (past_capacity or self._size + self._woken + burst <= self.capacity):
             order = self._wait_order
             assert order is not None
             if past_capacity:
@@ -315,8 +361,8 @@ class Mailbox(Generic[_T]):
             while putters:
                 waiter = putters.popleft()
                 if not waiter.done():
-                    waiter.set_result(None)
-                    self._woken += 1
+                    waiter.set_result(burst)
+                    self._woken += burst
                     break
             if putters:
                 order.append(key)  # its next sender waits for the others' turns
@@ -331,7 +377,7 @@ class Mailbox(Generic[_T]):
         while putters:
             waiter = putters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(1)
                 self._system_woken += 1
                 return
 
@@ -363,7 +409,7 @@ class Mailbox(Generic[_T]):
         for lane in lanes:
             for waiter in lane.putters or ():
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(0)
             lane.putters = None
         if self._getter is not None and not self._getter.done():
             self._getter.set_result(None)

@@ -18,8 +18,8 @@ Queues are bounded (``capacity`` data messages, shared by the senders' lanes, an
 ``system_capacity`` system messages). When a recipient's queue is full, the sender's
 :class:`~fastapi_busproxy.messages.Overflow` policy applies: ``WAIT`` (the default: ``send()``
 waits for room, up to ``timeout``, then raises
-:class:`~fastapi_busproxy.exceptions.BusFullError`; the room freed by each message taken goes
-to the waiting senders in turn) or ``DROP`` (the message is not queued for that recipient; the
+:class:`~fastapi_busproxy.exceptions.BusFullError`; the room freed goes to the waiting
+senders in turn, a burst each: see :mod:`fastapi_busproxy._mailbox`) or ``DROP`` (the message is not queued for that recipient; the
 drop is counted on the subscription and logged). System messages always wait. Recipients with
 room get the message at once; only full ones make the sender wait.
 

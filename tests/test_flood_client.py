@@ -109,7 +109,9 @@ async def test_a_server_that_floods_a_client_waits_at_its_socket() -> None:
                 await bus.full.wait()  # the link has filled the lane and waits to deliver
             for _ in range(500):  # give the flood every chance to go on
                 await asyncio.sleep(0)
-            assert subscription.queued == LANE  # bounded: the link waits to deliver more
+            # Bounded: the link waits to deliver more (it is woken once a burst of room is
+            # free, so the lane may sit a little below its capacity meanwhile).
+            assert LANE // 2 < subscription.queued <= LANE
             assert not flood_done.is_set()  # the server waits at the socket
             assert sent < FLOOD
             voice.gate.set()

@@ -260,6 +260,23 @@ async def test_admit_holds_back_the_head_of_a_lane_until_readmitted() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_sender_arriving_while_everything_queued_is_held_back_gets_in() -> None:
+    # A worker at its job limit for a flooder: the queue is full of the flooder's requests,
+    # the getter waits, and nothing will be readmitted soon. Another sender must not wait
+    # for that: its item may go, so it is let in past the capacity and taken at once.
+    box: Mailbox[str] = Mailbox(2, 1, admit=lambda item: not item.startswith("f"))
+    assert box.offer("f0", DATA, "flooder")
+    assert box.offer("f1", DATA, "flooder")
+    getter = asyncio.create_task(box.get())
+    await yield_until_blocked(getter)
+    polite = asyncio.create_task(box.put("p0", DATA, "polite"))
+    with anyio.fail_after(5):
+        assert await getter == "p0"
+        await polite
+    assert box.lane_length("flooder") == 2
+
+
+@pytest.mark.anyio
 async def test_system_items_are_never_held_back() -> None:
     box: Mailbox[str] = Mailbox(10, 10, admit=lambda item: False)
     box.offer("d", DATA, "x")
