@@ -19,9 +19,10 @@ Queues are bounded (``capacity`` data messages, shared by the senders' lanes, an
 :class:`~fastapi_busproxy.messages.Overflow` policy applies: ``WAIT`` (the default: ``send()``
 waits for room, up to ``timeout``, then raises
 :class:`~fastapi_busproxy.exceptions.BusFullError`; the room freed goes to the waiting
-senders in turn, a burst each: see :mod:`fastapi_busproxy._mailbox`) or ``DROP`` (the message is not queued for that recipient; the
-drop is counted on the subscription and logged). System messages always wait. Recipients with
-room get the message at once; only full ones make the sender wait.
+senders in turn, a burst each: see :mod:`fastapi_busproxy._mailbox`) or ``DROP`` (the message
+is not queued for that recipient; the drop is counted on the subscription and logged). System
+messages always wait. Recipients with room get the message at once; only full ones make the
+sender wait.
 
 A subscriber may also give a *direct* handler: the sender's task calls it when that
 subscriber has nothing queued and is not handling a message, and when it returns ``True`` the
