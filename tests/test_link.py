@@ -18,7 +18,7 @@ from fastapi_busproxy import JSONMessageSerializer
 from fastapi_busproxy.closecodes import CloseCode
 from fastapi_busproxy.exceptions import BusFullError
 from fastapi_busproxy.messages import BusDataMessage, BusJobRequestMessage, BusMessage
-from fastapi_busproxy.proxy._link import CloseInfo, Link, LinkConfig, LinkStats
+from fastapi_busproxy.proxy._link import Link
 from fastapi_busproxy.proxy._outbox import Outbox
 from fastapi_busproxy.proxy._transport import PeerClosed
 from fastapi_busproxy.proxy.forwarding import ForwardingRules
@@ -30,6 +30,7 @@ from fastapi_busproxy.proxy.framing import (
     encode_ping,
     encode_pong,
 )
+from fastapi_busproxy.proxy.protocol import CloseInfo, LinkConfig, LinkStats
 
 pytestmark = pytest.mark.anyio
 

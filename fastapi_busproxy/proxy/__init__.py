@@ -5,12 +5,13 @@
   Starlette/FastAPI WebSocket;
 - :mod:`~fastapi_busproxy.proxy.forwarding` holds the rules of what crosses;
 - :mod:`~fastapi_busproxy.proxy.framing` the wire layout and subprotocol negotiation;
+- :mod:`~fastapi_busproxy.proxy.protocol` every decision of one link, as pure code;
 - :mod:`~fastapi_busproxy.proxy.reconnect` the client's backoff policy.
 """
 
-from ._link import CloseInfo, LinkStats
 from .client import HeadersProvider, WebSocketProxyClient
 from .forwarding import ForwardingRules, Refusal
+from .protocol import CloseInfo, LinkStats
 from .reconnect import ReconnectPolicy
 from .server import WebSocketProxyServer
 

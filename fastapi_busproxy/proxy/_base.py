@@ -14,9 +14,10 @@ from ..interest import Interest
 from ..messages import BusMessage, BusWorkerRegistryMessage, WorkerRegistryEntry
 from ..serializers import JSONMessageSerializer, MessageSerializer
 from ..worker import BaseWorker
-from ._link import Link, LinkConfig, LinkStats
+from ._link import Link
 from ._outbox import Outbox
 from .forwarding import ForwardingRules, SessionControl, session_control
+from .protocol import LinkConfig, LinkStats
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
 

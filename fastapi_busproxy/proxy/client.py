@@ -15,10 +15,10 @@ from ..messages import BusMessage
 from ..registry import WorkerReadyData
 from ..serializers import MessageSerializer
 from ._base import ProxyWorker
-from ._link import CloseInfo, LinkConfig
 from ._outbox import Outbox
 from ._transport import WebsocketsTransport
 from .framing import subprotocol_for
+from .protocol import CloseInfo, LinkConfig
 from .reconnect import ReconnectPolicy
 
 __all__ = ["HeadersProvider", "WebSocketProxyClient"]

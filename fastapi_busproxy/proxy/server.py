@@ -12,10 +12,11 @@ from ..messages import BusMessage
 from ..registry import WorkerReadyData
 from ..serializers import MessageSerializer
 from ._base import ProxyWorker
-from ._link import CloseInfo, Link, LinkConfig
+from ._link import Link
 from ._outbox import Outbox
 from ._transport import StarletteTransport
 from .framing import choose_subprotocol
+from .protocol import CloseInfo, LinkConfig
 
 __all__ = ["WebSocketProxyServer"]
 

@@ -1,0 +1,418 @@
+"""A link's protocol as pure code: WebSocket messages and events in; bus messages to deliver,
+frames to write, the next deadline and the close code out.
+
+:class:`LinkProtocol` makes every decision of one connection between two buses, and does no
+I/O: it never reads a clock (every call that needs the time is given ``now``), never awaits and
+never touches a socket. :mod:`._link` feeds it what the socket gives, writes what it asks to
+write, delivers what it lets in, and calls :meth:`LinkProtocol.tick` when
+:meth:`LinkProtocol.next_deadline` comes. This module decides:
+
+- **limits**: a WebSocket message above ``max_message_size`` closes with 1009;
+- **framing**: the plain format (one bus message per WebSocket message) or our framed one
+  (:mod:`.framing`), whose pings are answered with pongs and whose pongs give the round trip;
+- **what is let in**: a message that does not decode, or that the forwarding rules refuse, is
+  counted and logged (once per reason at WARNING) and dropped; ``max_bad_frames`` of them in a
+  row close the link (1007 when malformed, 1008 when refused by the rules);
+- **batching**: how many queued messages go in one WebSocket message;
+- **deadlines**: a write that the peer has not taken within ``send_timeout`` closes with 4000;
+  with our own keepalive, a ping every ``ping_interval`` and, when nothing was received for
+  ``ping_interval + ping_timeout``, a close with 1011;
+- **the close**: the first reason to close wins and is kept in :attr:`LinkProtocol.close_info`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ..closecodes import CloseCode
+from ..exceptions import MessageEncodeError
+from ..messages import BusMessage, mark_origin
+from ..serializers import MessageSerializer
+from .forwarding import ForwardingRules
+from .framing import (
+    FrameKind,
+    FramingError,
+    decode_frame,
+    encode_batch,
+    encode_message,
+    encode_ping,
+    encode_pong,
+)
+
+logger = logging.getLogger("fastapi_busproxy.proxy")
+
+__all__ = ["CloseInfo", "LinkConfig", "LinkProtocol", "LinkStats", "Packed"]
+
+MAX_PENDING_PONGS = 16
+"""Pongs owed at once; pings beyond are not answered (a peer flooding pings cannot grow the
+queue of control frames)."""
+
+# Closes that are part of normal operation: logged at INFO, not as warnings.
+_NORMAL_CODES = frozenset(
+    (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART, 1005)
+)
+
+
+@dataclass
+class LinkStats:
+    """Counters of a proxy, over every connection it has had.
+
+    Attributes:
+        messages_in / messages_out: bus messages received and accepted / sent.
+        bytes_in / bytes_out: WebSocket payload bytes received / sent.
+        frames_out: WebSocket messages sent (fewer than ``messages_out`` when batching).
+        rejected: inbound messages or frames refused, by any reason; ``rejected_by_reason``
+            splits them (``malformed``, ``text_frame``, ``framing``, ``forged_source``,
+            ``wrong_target``, ``foreign_registry``, ``local_only``).
+        oversized: connections closed because a message exceeded the size limit.
+        too_slow: connections closed because the peer did not take what was sent to it within
+            ``send_timeout`` (close code 4000).
+        dropped: outbound messages lost: outbox overflow or expiry while disconnected, encode
+            errors, or left in the queue when the link ended for good.
+        reconnects: connections opened after the first one (client).
+        last_rtt: the last keepalive round-trip time in seconds, if measured.
+    """
+
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    frames_out: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    oversized: int = 0
+    too_slow: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    last_rtt: float | None = None
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    max_message_size: int = 1_048_576
+    send_timeout: float = 10.0
+    max_bad_frames: int = 10
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    app_keepalive: bool = False  # send our own pings (server side, framed links)
+    batching: bool = True
+    max_batch_messages: int = 64
+    max_batch_bytes: int = 262_144
+
+
+@dataclass(frozen=True)
+class CloseInfo:
+    """Why a link closed: the close code and reason, and whether this side closed it."""
+
+    code: int
+    reason: str
+    by_us: bool
+    error: BaseException | None = None
+
+    @property
+    def normal(self) -> bool:
+        return self.code in _NORMAL_CODES
+
+
+class Packed(NamedTuple):
+    """Queued messages laid in one WebSocket message (see :meth:`LinkProtocol.pack`)."""
+
+    data: bytes | None  # what to write; None when none of the messages could be encoded
+    taken: int  # queued messages used up, encoded or not
+    messages: int  # bus messages in ``data``
+
+
+class LinkProtocol:
+    """The state and decisions of one connection (see the module documentation).
+
+    Args:
+        name: the link's name, for log lines.
+        config: limits, deadlines and batching.
+        stats: the proxy's counters (they outlive the connection).
+        serializer: the bus messages' codec.
+        rules: what the peer may send.
+        framed: our framed format (negotiated) rather than the plain one.
+        now: the time the connection opened, on the caller's clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        config: LinkConfig,
+        stats: LinkStats,
+        serializer: MessageSerializer,
+        rules: ForwardingRules,
+        framed: bool,
+        now: float,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.stats = stats
+        self.serializer = serializer
+        self.rules = rules
+        self.framed = framed
+        self.close_info: CloseInfo | None = None
+        # Frames that go ahead of queued messages: announcements, pongs, pings. Made on first
+        # use (a server holds one protocol per connection).
+        self._control: deque[bytes] | None = None
+        self._pending_pongs = 0
+        self._bad_in_a_row = 0
+        self._logged_refusals: set[str] | None = None
+        self._write_started: float | None = None
+        self._last_received = now
+        keepalive = config.ping_interval if (config.app_keepalive and framed) else None
+        self._keepalive = keepalive
+        self._next_ping = now + keepalive if keepalive is not None else None
+        periods = [config.send_timeout] + ([keepalive] if keepalive is not None else [])
+        self.tick_interval = max(0.01, min(periods) / 4)
+        """How often :meth:`tick` should run: a quarter of the shortest deadline."""
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """A reason to close is known: nothing more is delivered or written."""
+        return self.close_info is not None
+
+    def close(self, code: int, reason: str, error: BaseException | None = None) -> None:
+        """This side closes with ``code`` (the first reason given wins)."""
+        if self.close_info is None:
+            self.close_info = CloseInfo(code, reason, by_us=True, error=error)
+
+    def peer_closed(self, code: int, reason: str) -> None:
+        """The connection is closed underneath us, or by the peer with ``code``."""
+        if self.close_info is None:
+            self.close_info = CloseInfo(code, reason, by_us=False)
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | str, now: float) -> list[BusMessage]:
+        """One WebSocket message from the peer: the bus messages to deliver, in order.
+
+        What is refused is counted and logged here; when it calls for closing the link,
+        :attr:`close_info` is set and what was let in before it is still returned.
+        """
+        if self.close_info is not None:
+            return []
+        self._last_received = now
+        if isinstance(data, str):
+            self._refuse("text_frame", "text WebSocket message (send binary)", malformed=True)
+            return []
+        stats = self.stats
+        size = len(data)
+        stats.bytes_in += size
+        if size > self.config.max_message_size:
+            stats.oversized += 1
+            logger.warning(
+                "link %s: %d-byte message exceeds the %d-byte limit; closing with 1009",
+                self.name,
+                size,
+                self.config.max_message_size,
+            )
+            self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return []
+        if not self.framed:
+            message = self._accept(data)
+            return [message] if message is not None else []
+        try:
+            frame = decode_frame(data)
+        except FramingError as exc:
+            self._refuse("framing", str(exc), malformed=True)
+            return []
+        if frame.kind is FrameKind.PING:
+            if self._pending_pongs < MAX_PENDING_PONGS:
+                self._pending_pongs += 1
+                self.queue_control(encode_pong(frame.token))
+            return []
+        if frame.kind is FrameKind.PONG:
+            stats.last_rtt = max(0.0, now - frame.token / 1e9)
+            return []
+        accepted: list[BusMessage] = []
+        for payload in frame.payloads:
+            message = self._accept(payload)
+            if message is not None:
+                accepted.append(message)
+            if self.closing:  # too many bad messages in a row
+                break
+        return accepted
+
+    def _accept(self, payload: bytes | memoryview) -> BusMessage | None:
+        try:
+            message: object = self.serializer.deserialize(payload)  # type: ignore[arg-type]
+        except Exception as exc:  # a custom serializer may raise anything on bad input
+            self._refuse("malformed", str(exc), malformed=True)
+            return None
+        if not isinstance(message, BusMessage):  # a custom serializer's "nothing"
+            self._refuse("malformed", f"decoded to {type(message).__name__}", malformed=True)
+            return None
+        refusal = self.rules.check_inbound(message)
+        if refusal is not None:
+            self._refuse(
+                refusal.value,
+                f"{type(message).__name__} from {message.source!r} to {message.target!r}",
+                malformed=False,
+            )
+            return None
+        self._bad_in_a_row = 0
+        self.stats.messages_in += 1
+        mark_origin(message, self.name)
+        return message
+
+    def _refuse(self, reason: str, detail: str, *, malformed: bool) -> None:
+        stats = self.stats
+        stats.rejected += 1
+        stats.rejected_by_reason[reason] = stats.rejected_by_reason.get(reason, 0) + 1
+        if self._logged_refusals is None:
+            self._logged_refusals = set()
+        if reason not in self._logged_refusals:
+            self._logged_refusals.add(reason)
+            logger.warning(
+                "link %s: refused inbound data (%s): %s; further refusals of this kind are"
+                " logged at DEBUG",
+                self.name,
+                reason,
+                detail,
+            )
+        else:
+            logger.debug("link %s: refused inbound data (%s): %s", self.name, reason, detail)
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= self.config.max_bad_frames:
+            code = CloseCode.INVALID_DATA if malformed else CloseCode.POLICY_VIOLATION
+            logger.warning(
+                "link %s: %d bad messages in a row; closing with %d",
+                self.name,
+                self._bad_in_a_row,
+                code,
+            )
+            self.close(code, "too many bad messages")
+
+    # -- outbound -----------------------------------------------------------------------------
+
+    def queue_control(self, data: bytes) -> None:
+        """A frame to write ahead of the queued messages."""
+        if self._control is None:
+            self._control = deque()
+        self._control.append(data)
+
+    def announce(self, message: BusMessage) -> None:
+        """Queue ``message`` ahead of the queued messages (readiness announcements)."""
+        payload = self.serializer.serialize(message)
+        self.queue_control(encode_message(payload) if self.framed else payload)
+
+    def next_control(self) -> bytes | None:
+        """The control frame to write next, if any (call :meth:`control_written` once it is)."""
+        control = self._control
+        return control[0] if control else None
+
+    def control_written(self) -> None:
+        assert self._control
+        data = self._control.popleft()
+        if data[0] == FrameKind.PONG and self.framed:
+            self._pending_pongs -= 1
+
+    @property
+    def batch_limit(self) -> int:
+        """Messages one WebSocket message may carry."""
+        return self.config.max_batch_messages if (self.framed and self.config.batching) else 1
+
+    def pack(self, messages: Sequence[BusMessage]) -> Packed:
+        """Lay the first of ``messages`` (up to the batch limits) in one WebSocket message.
+
+        A message that cannot be encoded is counted as dropped, logged and skipped. Call
+        :meth:`written` once the data is written.
+        """
+        payloads: list[bytes] = []
+        size = 0
+        taken = 0
+        limit = self.batch_limit
+        serialize = self.serializer.serialize
+        for message in messages:
+            if taken >= limit:
+                break
+            taken += 1
+            try:
+                payload = serialize(message)
+            except MessageEncodeError as exc:
+                self.encode_failed(message, exc)
+                continue
+            payloads.append(payload)
+            size += len(payload)
+            if size >= self.config.max_batch_bytes:
+                break
+        if not payloads:
+            return Packed(None, taken, 0)
+        if not self.framed:
+            data = payloads[0]
+        elif len(payloads) == 1:
+            data = encode_message(payloads[0])
+        else:
+            data = encode_batch(payloads)
+        return Packed(data, taken, len(payloads))
+
+    def written(self, packed: Packed) -> None:
+        """``packed`` was written: count it."""
+        if packed.data is not None:
+            stats = self.stats
+            stats.messages_out += packed.messages
+            stats.bytes_out += len(packed.data)
+            stats.frames_out += 1
+
+    def encode_failed(self, message: BusMessage, exc: MessageEncodeError) -> None:
+        self.stats.dropped += 1
+        logger.error(
+            "link %s: cannot send %s from %s: %s",
+            self.name,
+            type(message).__name__,
+            message.source,
+            exc,
+        )
+
+    def write_started(self, now: float) -> None:
+        self._write_started = now
+
+    def write_finished(self) -> None:
+        self._write_started = None
+
+    @property
+    def writing(self) -> bool:
+        return self._write_started is not None
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Check the deadlines at ``now``: close a link whose peer is too slow or silent, and
+        queue a keepalive ping when one is due."""
+        if self.close_info is not None:
+            return
+        config = self.config
+        started = self._write_started
+        if started is not None and now - started > config.send_timeout:
+            logger.warning(
+                "link %s: peer has not read for %.1fs (send timeout); closing with %d",
+                self.name,
+                now - started,
+                CloseCode.PEER_TOO_SLOW,
+            )
+            self.close(CloseCode.PEER_TOO_SLOW, "peer too slow")
+            return
+        keepalive = self._keepalive
+        if keepalive is None:
+            return
+        idle_limit = keepalive + (config.ping_timeout or keepalive)
+        if now - self._last_received > idle_limit:
+            logger.warning(
+                "link %s: nothing received for %.1fs (keepalive timeout); closing with 1011",
+                self.name,
+                now - self._last_received,
+            )
+            self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        assert self._next_ping is not None
+        if now >= self._next_ping:
+            self._next_ping = now + keepalive
+            self.queue_control(encode_ping(int(now * 1e9)))
