@@ -140,3 +140,21 @@ def test_subprotocol_for_content_type() -> None:
 )
 def test_choose_subprotocol(offered: list[str], content_type: str, chosen: str | None) -> None:
     assert choose_subprotocol(offered, content_type) == chosen
+
+
+def test_an_upgrade_marker_names_its_subprotocol_and_nothing_else_is_one() -> None:
+    from fastapi_busproxy.proxy.framing import UPGRADE_ACK, encode_upgrade, parse_upgrade
+
+    marker = encode_upgrade("busproxy.v1.json")
+    assert parse_upgrade(marker) == "busproxy.v1.json"
+    assert parse_upgrade(UPGRADE_ACK) is None
+    assert parse_upgrade(b'{"type": "x"}') is None
+    assert parse_upgrade(marker[:-1] + b"\xff") is None  # not ASCII
+    # Neither marker decodes as a bus message of ours.
+    from fastapi_busproxy import JSONMessageSerializer, MsgpackMessageSerializer
+    from fastapi_busproxy.exceptions import MessageDecodeError
+
+    for serializer in (JSONMessageSerializer(), MsgpackMessageSerializer()):
+        for data in (marker, UPGRADE_ACK):
+            with pytest.raises(MessageDecodeError):
+                serializer.deserialize(data)

@@ -312,3 +312,103 @@ def test_a_peer_close_is_recorded_as_not_ours() -> None:
     assert protocol.close_info is not None
     assert (protocol.close_info.code, protocol.close_info.by_us) == (4001, False)
     assert not protocol.close_info.normal
+
+
+# --- in-band upgrade (a server socket accepted without a subprotocol) ------------------------
+
+SUBPROTOCOL = "busproxy.v1.json"
+
+
+def server_and_client() -> tuple[LinkProtocol, LinkProtocol]:
+    server = make(app_keepalive=True, ping_interval=5.0)
+    client = LinkProtocol(
+        name="client",
+        config=LinkConfig(),
+        stats=LinkStats(),
+        serializer=SERIALIZER,
+        rules=ForwardingRules.build(local_worker=REMOTE, remote_worker=LOCAL),
+        framed=False,
+        now=100.0,
+    )
+    server.offer_upgrade(SUBPROTOCOL)
+    client.expect_upgrade(SUBPROTOCOL)
+    return server, client
+
+
+def drain_control(protocol: LinkProtocol) -> list[bytes]:
+    frames = []
+    while (data := protocol.next_control()) is not None:
+        frames.append(data)
+        protocol.control_written()
+    return frames
+
+
+def test_an_in_band_upgrade_switches_each_direction_at_the_other_sides_marker() -> None:
+    server, client = server_and_client()
+    # The client speaks plain until it sees the server's marker: a message it sent before.
+    early = client.pack([inbound(0)])
+    assert early.data == wire(inbound(0))
+    # The server's first frame is the marker; what it sends after it is framed.
+    server.announce(outbound(0))
+    [marker, announcement] = drain_control(server)
+    assert marker.startswith(b"\x00\xff")
+    assert announcement == encode_message(wire(outbound(0)))
+    assert server.pack([outbound(1), outbound(2)]).data == encode_batch(
+        [wire(outbound(1)), wire(outbound(2))]
+    )
+    assert not server.framed  # the client has not answered yet
+    # The server still reads the client's early message as plain.
+    assert early.data is not None
+    assert server.receive_data(early.data, now=101.0) == [inbound(0)]
+    # The client takes the marker: it answers, then reads and writes framed.
+    assert client.receive_data(marker, now=101.0) == []
+    assert client.framed
+    [ack] = drain_control(client)
+    assert client.receive_data(announcement, now=101.0) == [outbound(0)]
+    late = client.pack([inbound(1), inbound(2)])
+    assert late.data == encode_batch([wire(inbound(1)), wire(inbound(2))])
+    # The server reads framed once it has the answer.
+    assert server.receive_data(ack, now=101.0) == []
+    assert server.framed
+    assert server.receive_data(late.data, now=101.0) == [inbound(1), inbound(2)]
+    assert server.stats.rejected == client.stats.rejected == 0
+
+
+def test_the_upgrade_marker_is_first_even_before_an_early_announcement() -> None:
+    protocol = make()
+    protocol.offer_upgrade(SUBPROTOCOL)
+    protocol.announce(outbound(0))
+    assert drain_control(protocol)[0].startswith(b"\x00\xffbusproxy-upgrade ")
+
+
+def test_a_marker_for_another_format_is_refused_and_the_client_stays_plain() -> None:
+    # A marker naming another format is not an upgrade: it is refused like any bad input,
+    # and the client stays plain.
+    client = make()
+    client.expect_upgrade(SUBPROTOCOL)
+    other = make()
+    other.offer_upgrade("busproxy.v1.msgpack")
+    [marker] = drain_control(other)
+    assert client.receive_data(marker, now=101.0) == []
+    assert not client.framed
+    assert client.stats.rejected_by_reason == {"malformed": 1}
+    assert client.next_control() is None  # no answer
+
+
+def test_a_client_that_did_not_offer_never_answers_a_marker() -> None:
+    client = make()
+    other = make()
+    other.offer_upgrade(SUBPROTOCOL)
+    [marker] = drain_control(other)
+    client.receive_data(marker, now=101.0)
+    assert client.next_control() is None
+    assert not client.framed
+
+
+def test_the_servers_keepalive_starts_with_the_upgrade() -> None:
+    server, _ = server_and_client()
+    drain_control(server)
+    server.tick(105.0)
+    ping = server.next_control()
+    assert ping is not None
+    assert ping[0] == FrameKind.PING

@@ -510,3 +510,67 @@ async def test_msgpack_links_negotiate_their_subprotocol_and_carry_bytes() -> No
             await asyncio.wait_for(sink.reached(20), 10)
             assert proxy.subprotocol == "busproxy.v1.msgpack"
         assert received == frames
+
+
+class Echoer(Recorder):
+    """Records the Notes it receives and sends each one back to its source."""
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        await super().on_bus_message(message)
+        if isinstance(message, Note):
+            await self.send_bus_message(Note(source=self.name, target=message.source, n=message.n))
+
+
+async def test_a_socket_the_app_accepted_itself_is_upgraded_in_band_for_our_client() -> None:
+    """The reference page's form (``await websocket.accept()``, no subprotocol chosen) talking
+    to our client: framed and batched both ways after an in-band upgrade, nothing misread
+    around the switch, order kept."""
+    assistant = Echoer("assistant")
+    runner = WorkerRunner(name="server-runner")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        async with runner:
+            await runner.add_workers(assistant)
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    proxies: list[WebSocketProxyServer] = []
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        proxy = WebSocketProxyServer(
+            "gateway", websocket=websocket, worker_name="assistant", remote_worker_name="voice"
+        )
+        proxies.append(proxy)
+        await runner.add_workers(proxy)
+        await proxy.wait()
+
+    count = 500
+    async with running_uvicorn(app) as server:
+        client_runner = WorkerRunner(name="client-runner")
+        voice = Recorder("voice")
+        proxy = WebSocketProxyClient(
+            "proxy",
+            url=server.url("/ws"),
+            remote_worker_name="assistant",
+            local_worker_name="voice",
+            active=True,
+            reconnect=FAST_RETRY,
+        )
+        async with client_runner:
+            await client_runner.add_workers(voice, proxy)
+            await asyncio.wait_for(client_runner.registry.wait_ready("assistant"), 10)
+            for n in range(count):  # a burst: most of it queues behind the first write
+                await voice.send_bus_message(Note(source="voice", target="assistant", n=n))
+            await asyncio.wait_for(voice.reached(count), 10)
+            gateway = proxies[0]
+            assert assistant.notes == list(range(count))
+            assert voice.notes == list(range(count))
+            assert proxy.subprotocol is None  # the handshake agreed on none...
+            assert gateway.subprotocol == "busproxy.v1.json"  # ...the link upgraded in band
+            # Batched both ways, and nothing refused on either side.
+            assert proxy.stats.frames_out < proxy.stats.messages_out
+            assert gateway.stats.frames_out < gateway.stats.messages_out
+            assert proxy.stats.rejected == gateway.stats.rejected == 0

@@ -288,6 +288,8 @@ class WebSocketProxyClient(ProxyWorker):
         self.subprotocol = connection.subprotocol
         framed = offered is not None and self.subprotocol == offered
         link = self._new_link(WebsocketsTransport(connection), framed=framed, app_keepalive=False)
+        if offered is not None and self.batching and not framed:
+            link.protocol.expect_upgrade(offered)  # a server that accepted without it may
         self._link = link
         if self._connections:
             self.stats.reconnects += 1

@@ -16,6 +16,15 @@ serialized bus message. Used whenever the peer did not accept one of our subprot
 Batching lets one WebSocket message carry every message queued at that moment; pings let the
 server side measure round trips and detect a dead peer without help from the ASGI server.
 
+**In-band upgrade.** A server whose socket the app accepted itself, without choosing a
+subprotocol (as the reference page shows), still sees in the handshake that our client offered
+``busproxy.v1.<format>``. It then opens the plain connection with an *upgrade* message
+(``0x00 0xff "busproxy-upgrade " <subprotocol>``, which no serializer produces) and sends
+framed from there on; our client answers with ``0x00 0xff "busproxy-upgraded"`` and sends
+framed from there on. Each side reads the plain format until the other's marker, so nothing
+sent around the switch is misread. Neither marker is ever sent to a peer that did not offer
+our subprotocol.
+
 Everything here is pure: bytes in, frames out.
 """
 
@@ -31,12 +40,15 @@ __all__ = [
     "FrameKind",
     "FramingError",
     "SUBPROTOCOL_PREFIX",
+    "UPGRADE_ACK",
     "choose_subprotocol",
     "decode_frame",
     "encode_batch",
     "encode_message",
     "encode_ping",
     "encode_pong",
+    "encode_upgrade",
+    "parse_upgrade",
     "subprotocol_for",
 ]
 
@@ -74,6 +86,26 @@ def choose_subprotocol(offered: Iterable[str], content_type: str | None) -> str 
     """The subprotocol a server accepts, among those a client ``offered``, or ``None``."""
     wanted = subprotocol_for(content_type)
     return wanted if wanted is not None and wanted in offered else None
+
+
+_UPGRADE = b"\x00\xffbusproxy-upgrade "
+UPGRADE_ACK = b"\x00\xffbusproxy-upgraded"
+"""Our client's answer to an in-band upgrade: framed from here on."""
+
+
+def encode_upgrade(subprotocol: str) -> bytes:
+    """The server's in-band upgrade to ``subprotocol`` (framed from here on)."""
+    return _UPGRADE + subprotocol.encode("ascii")
+
+
+def parse_upgrade(data: bytes) -> str | None:
+    """The subprotocol an in-band upgrade names, or ``None`` if ``data`` is not one."""
+    if not data.startswith(_UPGRADE):
+        return None
+    try:
+        return data[len(_UPGRADE) :].decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def encode_message(payload: bytes) -> bytes:

@@ -10,6 +10,8 @@ write, delivers what it lets in, and calls :meth:`LinkProtocol.tick` when
 - **limits**: a WebSocket message above ``max_message_size`` closes with 1009;
 - **framing**: the plain format (one bus message per WebSocket message) or our framed one
   (:mod:`.framing`), whose pings are answered with pongs and whose pongs give the round trip;
+  each direction switches from plain to framed at the other side's marker when the upgrade is
+  made in band (:meth:`LinkProtocol.offer_upgrade`, :meth:`LinkProtocol.expect_upgrade`);
 - **what is let in**: a message that does not decode, or that the forwarding rules refuse, is
   counted and logged (once per reason at WARNING) and dropped; ``max_bad_frames`` of them in a
   row close the link (1007 when malformed, 1008 when refused by the rules);
@@ -34,6 +36,7 @@ from ..messages import BusMessage, mark_origin
 from ..serializers import MessageSerializer
 from .forwarding import ForwardingRules
 from .framing import (
+    UPGRADE_ACK,
     FrameKind,
     FramingError,
     decode_frame,
@@ -41,6 +44,8 @@ from .framing import (
     encode_message,
     encode_ping,
     encode_pong,
+    encode_upgrade,
+    parse_upgrade,
 )
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
@@ -135,7 +140,8 @@ class LinkProtocol:
         stats: the proxy's counters (they outlive the connection).
         serializer: the bus messages' codec.
         rules: what the peer may send.
-        framed: our framed format (negotiated) rather than the plain one.
+        framed: our framed format (negotiated as the WebSocket subprotocol) rather than the
+            plain one, both ways.
         now: the time the connection opened, on the caller's clock.
     """
 
@@ -155,7 +161,10 @@ class LinkProtocol:
         self.stats = stats
         self.serializer = serializer
         self.rules = rules
-        self.framed = framed
+        self.send_framed = framed  # what we write is framed
+        self.receive_framed = framed  # what we read is framed
+        self._upgrade_expected: str | None = None  # client: the subprotocol it offered
+        self._awaiting_upgrade_ack = False  # server: upgraded in band, the client not yet
         self.close_info: CloseInfo | None = None
         # Frames that go ahead of queued messages: announcements, pongs, pings. Made on first
         # use (a server holds one protocol per connection).
@@ -165,7 +174,7 @@ class LinkProtocol:
         self._logged_refusals: set[str] | None = None
         self._write_started: float | None = None
         self._last_received = now
-        keepalive = config.ping_interval if (config.app_keepalive and framed) else None
+        keepalive = config.ping_interval if config.app_keepalive else None
         self._keepalive = keepalive
         self._next_ping = now + keepalive if keepalive is not None else None
         periods = [config.send_timeout] + ([keepalive] if keepalive is not None else [])
@@ -173,6 +182,26 @@ class LinkProtocol:
         """How often :meth:`tick` should run: a quarter of the shortest deadline."""
 
     # -- state --------------------------------------------------------------------------------
+
+    @property
+    def framed(self) -> bool:
+        """Framed both ways (negotiated, or upgraded in band and acknowledged)."""
+        return self.send_framed and self.receive_framed
+
+    def offer_upgrade(self, subprotocol: str) -> None:
+        """Server side, on a plain connection whose client offered ``subprotocol``: upgrade in
+        band. The marker goes out first; what follows it is framed, and what the client sends
+        is read plain until its answer."""
+        assert not self.send_framed, "the link is framed already"
+        assert self._control is None, "the upgrade goes out before anything else"
+        self.queue_control(encode_upgrade(subprotocol))
+        self.send_framed = True
+        self._awaiting_upgrade_ack = True
+
+    def expect_upgrade(self, subprotocol: str) -> None:
+        """Client side, on a plain connection after offering ``subprotocol``: a server that
+        accepted without choosing it may still upgrade in band."""
+        self._upgrade_expected = subprotocol
 
     @property
     def closing(self) -> bool:
@@ -216,7 +245,23 @@ class LinkProtocol:
             )
             self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
             return []
-        if not self.framed:
+        if not self.receive_framed:
+            if self._awaiting_upgrade_ack and data == UPGRADE_ACK:
+                self._awaiting_upgrade_ack = False
+                self.receive_framed = True
+                return []
+            if (
+                self._upgrade_expected is not None
+                and data.startswith(UPGRADE_ACK[:2])
+                and parse_upgrade(data) == self._upgrade_expected
+            ):
+                # Framed from the server on; our answer goes ahead of anything queued later,
+                # and what we send after it is framed.
+                self._upgrade_expected = None
+                self.receive_framed = True
+                self.queue_control(UPGRADE_ACK)
+                self.send_framed = True
+                return []
             message = self._accept(data)
             return [message] if message is not None else []
         try:
@@ -302,7 +347,7 @@ class LinkProtocol:
     def announce(self, message: BusMessage) -> None:
         """Queue ``message`` ahead of the queued messages (readiness announcements)."""
         payload = self.serializer.serialize(message)
-        self.queue_control(encode_message(payload) if self.framed else payload)
+        self.queue_control(encode_message(payload) if self.send_framed else payload)
 
     def next_control(self) -> bytes | None:
         """The control frame to write next, if any (call :meth:`control_written` once it is)."""
@@ -312,13 +357,15 @@ class LinkProtocol:
     def control_written(self) -> None:
         assert self._control
         data = self._control.popleft()
-        if data[0] == FrameKind.PONG and self.framed:
+        if data[0] == FrameKind.PONG and self.send_framed:
             self._pending_pongs -= 1
 
     @property
     def batch_limit(self) -> int:
         """Messages one WebSocket message may carry."""
-        return self.config.max_batch_messages if (self.framed and self.config.batching) else 1
+        return (
+            self.config.max_batch_messages if (self.send_framed and self.config.batching) else 1
+        )
 
     def pack(self, messages: Sequence[BusMessage]) -> Packed:
         """Lay the first of ``messages`` (up to the batch limits) in one WebSocket message.
@@ -346,7 +393,7 @@ class LinkProtocol:
                 break
         if not payloads:
             return Packed(None, taken, 0)
-        if not self.framed:
+        if not self.send_framed:
             data = payloads[0]
         elif len(payloads) == 1:
             data = encode_message(payloads[0])
@@ -401,8 +448,8 @@ class LinkProtocol:
             self.close(CloseCode.PEER_TOO_SLOW, "peer too slow")
             return
         keepalive = self._keepalive
-        if keepalive is None:
-            return
+        if keepalive is None or not self.send_framed:
+            return  # our pings are framed: only for a peer that reads the framed format
         idle_limit = keepalive + (config.ping_timeout or keepalive)
         if now - self._last_received > idle_limit:
             logger.warning(

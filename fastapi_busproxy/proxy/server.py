@@ -120,12 +120,24 @@ class WebSocketProxyServer(ProxyWorker):
     async def start(self) -> None:
         await super().start()
         websocket = self.websocket
+        offered = list(websocket.scope.get("subprotocols") or ())
+        wanted = choose_subprotocol(offered, self.serializer.content_type)
+        in_band = False
         if _not_accepted(websocket):
-            offered = list(websocket.scope.get("subprotocols") or ())
-            self.subprotocol = choose_subprotocol(offered, self.serializer.content_type)
+            self.subprotocol = wanted
             await websocket.accept(subprotocol=self.subprotocol)
-        framed = self.subprotocol is not None
-        link = self._new_link(StarletteTransport(websocket), framed=framed, app_keepalive=framed)
+        elif wanted is not None:
+            # The app accepted without a subprotocol (the reference page's form), and our
+            # client offered one: upgrade in band (see .framing).
+            self.subprotocol = wanted
+            in_band = True
+        framed = self.subprotocol is not None and not in_band
+        link = self._new_link(
+            StarletteTransport(websocket), framed=framed, app_keepalive=self.subprotocol is not None
+        )
+        if in_band:
+            assert wanted is not None
+            link.protocol.offer_upgrade(wanted)
         self._link = link
         self.spawn(self._run_link(link), name="link")
         await self.watch_workers(self.worker_name)
@@ -134,7 +146,9 @@ class WebSocketProxyServer(ProxyWorker):
             "proxy %s: client %s connected (%s) for %s <-> %s",
             self.name,
             f"{client[0]}:{client[1]}" if client else "?",
-            f"framed {self.subprotocol}" if framed else "plain format",
+            f"framed {self.subprotocol}{', upgraded in band' if in_band else ''}"
+            if self.subprotocol
+            else "plain format",
             self.worker_name,
             self.remote_worker_name,
         )
