@@ -171,10 +171,26 @@ class Mailbox(Generic[_T]):
         if self._take_grant(key):
             self._append(self._lanes[key], item, key)
             return True
-        if self._waiting or self._size + self._woken >= self.capacity:
+        if (
+            self._waiting or self._size + self._woken >= self.capacity
+        ) and not self._may_pass_held_back(item, key):
             return False
         self._append(self._data_lane(key), item, key)
         return True
+
+    def _may_pass_held_back(self, item: _T, key: Hashable) -> bool:
+        """The queue is full, or others wait, but the getter waits too: everything queued is
+        held back (a worker at its job limits for a flooder). An item that may go now, from a
+        sender with nothing queued, is let in past the capacity (one item per such sender)
+        rather than wait behind items that cannot go."""
+        getter = self._getter
+        if getter is None or getter.done() or not self._size:
+            return False
+        lane = self._lanes.get(key)
+        if lane is not None and lane.n:
+            return False
+        admit = self._admit
+        return admit is None or admit(item)
 
     def _take_grant(self, key: Hashable) -> bool:
         lane = self._lanes.get(key)

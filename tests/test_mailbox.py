@@ -284,3 +284,18 @@ async def test_system_items_are_never_held_back() -> None:
     assert await box.get() == "s"
     assert len(box) == 1
     assert box.close() == ["d"]
+
+
+@pytest.mark.anyio
+async def test_an_item_that_may_go_passes_a_queue_full_of_held_back_items_at_once() -> None:
+    box: Mailbox[str] = Mailbox(2, 1, admit=lambda item: not item.startswith("f"))
+    assert box.offer("f0", DATA, "flooder")
+    assert box.offer("f1", DATA, "flooder")
+    assert not box.offer("f2", DATA, "flooder")  # full, and the flooder's items wait
+    getter = asyncio.create_task(box.get())
+    await yield_until_blocked(getter)  # nothing queued may go
+    assert not box.offer("f2", DATA, "flooder")  # still nothing for the flooder
+    assert box.offer("p0", DATA, "polite")  # but this may go: in, past the capacity
+    assert not box.offer("p1", DATA, "polite")  # one item per sender, not more
+    with anyio.fail_after(5):
+        assert await getter == "p0"

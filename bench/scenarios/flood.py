@@ -12,7 +12,10 @@ p50/p99 with and without the flood, and how much the server's memory grew.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -106,7 +109,25 @@ async def flood(target: Target, stop: asyncio.Event, sent: list[int]) -> None:
             ws.transport.abort()  # an attacker does not say goodbye
 
 
+@contextmanager
+def instrument_gc_quiet() -> Iterator[None]:
+    """Keep this process's (the measuring client's) garbage collector out of the samples: a
+    full collection first, then everything alive frozen, so the collections that still come
+    are short. The server's collector is untouched: it is part of what is measured."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def polite_round_trips(worker: BaseWorker, target: Target, jobs: int) -> list[float]:
+    with instrument_gc_quiet():
+        return await _polite_round_trips(worker, target, jobs)
+
+
+async def _polite_round_trips(worker: BaseWorker, target: Target, jobs: int) -> list[float]:
     samples: list[float] = []
     for n in range(jobs):
         started = time.perf_counter()  # uvloop's clock counts whole milliseconds
