@@ -168,7 +168,7 @@ class Mailbox(Generic[_T]):
                 return False
             self._append(lane, item, _SYSTEM)
             return True
-        if self._take_grant(key):
+        if self._woken and self._take_grant(key):  # grants exist only while room is reserved
             self._append(self._lanes[key], item, key)
             return True
         if (
@@ -207,7 +207,7 @@ class Mailbox(Generic[_T]):
             return
         if self._closed:
             raise BusClosedError("the subscriber's queue is closed")
-        if self._take_grant(key) or (
+        if (self._woken and self._take_grant(key)) or (
             not self._waiting and self._size + self._woken < self.capacity
         ):
             self._append(self._data_lane(key), item, key)
