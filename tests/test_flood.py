@@ -15,6 +15,7 @@ time; only 127.0.0.1 is used.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +80,20 @@ class Flooder:
         pad = "x" * 200
         # Bounded: the deadline, and at most 200 connections (a closed link reconnects).
         while loop.time() < until and self.connections < 200:
+            # A small receive buffer, set before connecting (which turns the kernel's
+            # autotuning off): the server's writes stall within a few answers, as they would
+            # behind a slow network, rather than after megabytes of loopback buffers.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
             try:
-                ws = await connect(self.url, compression=None, ping_interval=None, open_timeout=5)
+                host, port = self.url.split("/")[2].split(":")
+                await asyncio.wait_for(loop.sock_connect(sock, (host, int(port))), 5)
+                ws = await connect(
+                    self.url, sock=sock, compression=None, ping_interval=None, open_timeout=5
+                )
             except (OSError, InvalidHandshake, asyncio.TimeoutError):
+                sock.close()
                 continue
             self.connections += 1
             try:
