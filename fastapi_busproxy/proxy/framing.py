@@ -16,6 +16,22 @@ serialized bus message. Used whenever the peer did not accept one of our subprot
 Batching lets one WebSocket message carry every message queued at that moment; pings let the
 server side measure round trips and detect a dead peer without help from the ASGI server.
 
+**Resumable** (``busproxy.v2.<format>``, offered ahead of v1 by our client and preferred by our
+server when it keeps sessions): the v1 frames, plus
+
+=======  =====================================================================
+``0x04``  sequenced messages: the first one's sequence number (8 bytes), the
+          sender's cumulative acknowledgement (8 bytes), then length-prefixed
+          serialized messages as in a batch
+``0x05``  acknowledgement: the highest sequence number delivered (8 bytes)
+``0x06``  welcome (server to client, the first frame): UTF-8 JSON
+          ``{"session": id, "resumed": bool, "received": n}``
+=======  =====================================================================
+
+The client that resumes names its session and what it has delivered in the handshake's
+``x-busproxy-resume: <session> <received>`` header. Readiness announcements stay unsequenced
+(``0x00``): each connection sends them anew. :mod:`.resume` keeps the numbers and the replay.
+
 **In-band upgrade.** A server whose socket the app accepted itself, without choosing a
 subprotocol (as the reference page shows), still sees in the handshake that our client offered
 ``busproxy.v1.<format>``. It then opens the plain connection with an *upgrade* message
@@ -31,6 +47,7 @@ Everything here is pure: bytes in, frames out.
 from __future__ import annotations
 
 import enum
+import json
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,23 +56,37 @@ __all__ = [
     "Frame",
     "FrameKind",
     "FramingError",
+    "RESUME_HEADER",
     "SUBPROTOCOL_PREFIX",
+    "SUBPROTOCOL_PREFIX_V2",
     "UPGRADE_ACK",
+    "Welcome",
     "choose_subprotocol",
     "decode_frame",
+    "encode_ack",
     "encode_batch",
     "encode_message",
     "encode_ping",
     "encode_pong",
+    "encode_sequenced",
     "encode_upgrade",
+    "encode_welcome",
+    "format_resume_header",
+    "is_resumable",
+    "parse_resume_header",
     "parse_upgrade",
     "subprotocol_for",
+    "subprotocols_for",
 ]
 
 SUBPROTOCOL_PREFIX = "busproxy.v1."
+SUBPROTOCOL_PREFIX_V2 = "busproxy.v2."
+RESUME_HEADER = "x-busproxy-resume"
 
 _LENGTH = struct.Struct(">I")
 _TOKEN = struct.Struct(">Q")
+_SEQ_HEADER = struct.Struct(">QQ")
+_MAX_SEQ = 0xFFFFFFFFFFFFFFFF
 
 
 class FramingError(ValueError):
@@ -67,25 +98,74 @@ class FrameKind(enum.IntEnum):
     BATCH = 1
     PING = 2
     PONG = 3
+    SEQUENCED = 4
+    ACK = 5
+    WELCOME = 6
 
 
 @dataclass(frozen=True)
 class Frame:
     kind: FrameKind
     payloads: Sequence[bytes | memoryview] = ()
-    token: int = 0
+    token: int = 0  # a ping's or pong's token; an acknowledgement's sequence number
+    seq: int = 0  # sequenced: the first message's sequence number
+    welcome: Welcome | None = None
 
 
-def subprotocol_for(content_type: str | None) -> str | None:
+@dataclass(frozen=True)
+class Welcome:
+    """The server's first frame on a resumable link."""
+
+    session: str
+    resumed: bool
+    received: int  # the highest of the client's sequence numbers the server delivered
+
+
+def subprotocol_for(content_type: str | None, *, version: int = 1) -> str | None:
     """The subprotocol that carries framed messages of a serializer's ``content_type``
     (``None`` for a serializer that names no format: it speaks the plain format only)."""
-    return SUBPROTOCOL_PREFIX + content_type if content_type else None
+    if not content_type:
+        return None
+    return (SUBPROTOCOL_PREFIX_V2 if version == 2 else SUBPROTOCOL_PREFIX) + content_type
 
 
-def choose_subprotocol(offered: Iterable[str], content_type: str | None) -> str | None:
-    """The subprotocol a server accepts, among those a client ``offered``, or ``None``."""
-    wanted = subprotocol_for(content_type)
-    return wanted if wanted is not None and wanted in offered else None
+def subprotocols_for(content_type: str | None, *, resume: bool) -> list[str]:
+    """What a client offers, preferred first: v2 (resumable) when ``resume``, then v1."""
+    offered = [subprotocol_for(content_type, version=2)] if resume else []
+    offered.append(subprotocol_for(content_type))
+    return [name for name in offered if name is not None]
+
+
+def is_resumable(subprotocol: str | None) -> bool:
+    return subprotocol is not None and subprotocol.startswith(SUBPROTOCOL_PREFIX_V2)
+
+
+def choose_subprotocol(
+    offered: Iterable[str], content_type: str | None, *, resume: bool = False
+) -> str | None:
+    """The subprotocol a server accepts, among those a client ``offered``, or ``None``: v2
+    when the server keeps sessions (``resume``) and the client offered it, else v1."""
+    offered = list(offered)
+    for version in (2, 1) if resume else (1,):
+        wanted = subprotocol_for(content_type, version=version)
+        if wanted is not None and wanted in offered:
+            return wanted
+    return None
+
+
+def format_resume_header(session: str, received: int) -> str:
+    return f"{session} {received}"
+
+
+def parse_resume_header(value: str | None) -> tuple[str, int] | None:
+    """``(session, received)`` from the client's resume header, or ``None`` if absent or bad."""
+    if not value:
+        return None
+    session, _, received = value.strip().partition(" ")
+    if not session or len(session) > 128 or not received.isdigit() or len(received) > 20:
+        return None
+    number = int(received)
+    return (session, number) if number <= _MAX_SEQ else None
 
 
 _UPGRADE = b"\x00\xffbusproxy-upgrade "
@@ -129,6 +209,57 @@ def encode_pong(token: int) -> bytes:
     return b"\x03" + _TOKEN.pack(token & 0xFFFFFFFFFFFFFFFF)
 
 
+def encode_sequenced(first_seq: int, ack: int, payloads: Sequence[bytes]) -> bytes:
+    parts = [b"\x04", _SEQ_HEADER.pack(first_seq, ack)]
+    pack = _LENGTH.pack
+    for payload in payloads:
+        parts.append(pack(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def encode_ack(seq: int) -> bytes:
+    return b"\x05" + _TOKEN.pack(seq)
+
+
+def encode_welcome(welcome: Welcome) -> bytes:
+    body = {"session": welcome.session, "resumed": welcome.resumed, "received": welcome.received}
+    return b"\x06" + json.dumps(body, separators=(",", ":")).encode()
+
+
+def _split(data: bytes, view: memoryview, offset: int) -> list[memoryview]:
+    payloads: list[memoryview] = []
+    end = len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise FramingError("truncated length in batch")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + length > end:
+            raise FramingError("batch entry longer than the frame")
+        payloads.append(view[offset : offset + length])
+        offset += length
+    return payloads
+
+
+def _decode_welcome(body: bytes) -> Welcome:
+    try:
+        fields = json.loads(body)
+        session, resumed, received = fields["session"], fields["resumed"], fields["received"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FramingError(f"bad welcome: {exc}") from None
+    if (
+        not isinstance(session, str)
+        or not session
+        or not isinstance(resumed, bool)
+        or not isinstance(received, int)
+        or isinstance(received, bool)
+        or not 0 <= received <= _MAX_SEQ
+    ):
+        raise FramingError("bad welcome: wrong field types")
+    return Welcome(session, resumed, received)
+
+
 def decode_frame(data: bytes) -> Frame:
     """Split a framed WebSocket message.
 
@@ -142,20 +273,18 @@ def decode_frame(data: bytes) -> Frame:
     if kind == FrameKind.MESSAGE:
         return Frame(FrameKind.MESSAGE, (view[1:],))
     if kind == FrameKind.BATCH:
-        payloads: list[memoryview] = []
-        offset, end = 1, len(data)
-        while offset < end:
-            if offset + 4 > end:
-                raise FramingError("truncated length in batch")
-            (length,) = _LENGTH.unpack_from(data, offset)
-            offset += 4
-            if offset + length > end:
-                raise FramingError("batch entry longer than the frame")
-            payloads.append(view[offset : offset + length])
-            offset += length
-        return Frame(FrameKind.BATCH, payloads)
-    if kind in (FrameKind.PING, FrameKind.PONG):
+        return Frame(FrameKind.BATCH, _split(data, view, 1))
+    if kind == FrameKind.SEQUENCED:
+        if len(data) < 1 + _SEQ_HEADER.size:
+            raise FramingError("truncated sequenced frame")
+        seq, ack = _SEQ_HEADER.unpack_from(data, 1)
+        if seq == 0:
+            raise FramingError("sequence numbers start at 1")
+        return Frame(FrameKind.SEQUENCED, _split(data, view, 1 + _SEQ_HEADER.size), ack, seq)
+    if kind in (FrameKind.PING, FrameKind.PONG, FrameKind.ACK):
         if len(data) != 1 + _TOKEN.size:
-            raise FramingError("keepalive frame of the wrong length")
+            raise FramingError(f"{FrameKind(kind).name.lower()} frame of the wrong length")
         return Frame(FrameKind(kind), token=_TOKEN.unpack_from(data, 1)[0])
+    if kind == FrameKind.WELCOME:
+        return Frame(FrameKind.WELCOME, welcome=_decode_welcome(data[1:]))
     raise FramingError(f"unknown frame kind 0x{kind:02x}")

@@ -19,6 +19,11 @@ write, delivers what it lets in, and calls :meth:`LinkProtocol.tick` when
 - **deadlines**: a write that the peer has not taken within ``send_timeout`` closes with 4000;
   with our own keepalive, a ping every ``ping_interval`` and, when nothing was received for
   ``ping_interval + ping_timeout``, a close with 1011;
+- **resume** (v2 links, with a :class:`~.resume.SessionState`): the server's welcome, sequence
+  numbers on what crosses, duplicates dropped, acknowledgements (piggybacked on outgoing
+  messages, else sent after ``ACK_EVERY`` messages or ``ACK_DELAY`` seconds), the send window
+  (nothing new goes out while the replay buffer is full), and the replay when a session
+  resumes;
 - **the close**: the first reason to close wins and is kept in :attr:`LinkProtocol.close_info`.
 """
 
@@ -39,22 +44,34 @@ from .framing import (
     UPGRADE_ACK,
     FrameKind,
     FramingError,
+    Welcome,
     decode_frame,
+    encode_ack,
     encode_batch,
     encode_message,
     encode_ping,
     encode_pong,
+    encode_sequenced,
     encode_upgrade,
+    encode_welcome,
     parse_upgrade,
 )
+from .resume import SessionState
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
 
-__all__ = ["CloseInfo", "LinkConfig", "LinkProtocol", "LinkStats", "Packed"]
+__all__ = ["CloseInfo", "LinkConfig", "LinkProtocol", "LinkStats", "Packed", "SessionOutcome"]
 
 MAX_PENDING_PONGS = 16
 """Pongs owed at once; pings beyond are not answered (a peer flooding pings cannot grow the
 queue of control frames)."""
+
+ACK_EVERY = 32
+"""Resumable links: messages delivered before an acknowledgement goes out on its own."""
+ACK_EVERY_BYTES = 65_536
+"""...or bytes received (so that a peer's replay buffer of a few large messages drains)."""
+ACK_DELAY = 0.05
+"""...or seconds after the first unacknowledged delivery, when nothing outgoing carried one."""
 
 # Closes that are part of normal operation: logged at INFO, not as warnings.
 _NORMAL_CODES = frozenset(
@@ -79,6 +96,12 @@ class LinkStats:
         dropped: outbound messages lost: outbox overflow or expiry while disconnected, encode
             errors, or left in the queue when the link ended for good.
         reconnects: connections opened after the first one (client).
+        resumes: connections that resumed the session of an earlier one.
+        sessions_lost: connections that could not resume (the peer no longer had the session),
+            and, on the server, sessions given up after their grace period.
+        lost_unacknowledged: messages sent in a lost session that the peer never acknowledged.
+        replayed: messages sent again after a resume.
+        duplicates: inbound messages dropped because they had been delivered already.
         last_rtt: the last keepalive round-trip time in seconds, if measured.
     """
 
@@ -93,6 +116,11 @@ class LinkStats:
     too_slow: int = 0
     dropped: int = 0
     reconnects: int = 0
+    resumes: int = 0
+    sessions_lost: int = 0
+    lost_unacknowledged: int = 0
+    replayed: int = 0
+    duplicates: int = 0
     last_rtt: float | None = None
 
 
@@ -123,6 +151,16 @@ class CloseInfo:
         return self.code in _NORMAL_CODES
 
 
+@dataclass(frozen=True)
+class SessionOutcome:
+    """What the server's welcome meant for the client's session."""
+
+    session: str
+    resumed: bool
+    lost: int  # messages of an earlier session never acknowledged (0 when resumed)
+    previous: str | None  # the session this client had before (None on the first connection)
+
+
 class Packed(NamedTuple):
     """Queued messages laid in one WebSocket message (see :meth:`LinkProtocol.pack`)."""
 
@@ -143,6 +181,9 @@ class LinkProtocol:
         framed: our framed format (negotiated as the WebSocket subprotocol) rather than the
             plain one, both ways.
         now: the time the connection opened, on the caller's clock.
+        session: on a resumable (v2) link, the session's numbers and replay. The client waits
+            for the server's welcome before sending anything sequenced; the server sends it
+            first (:meth:`welcome`).
     """
 
     def __init__(
@@ -155,6 +196,7 @@ class LinkProtocol:
         rules: ForwardingRules,
         framed: bool,
         now: float,
+        session: SessionState | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -180,6 +222,17 @@ class LinkProtocol:
         periods = [config.send_timeout] + ([keepalive] if keepalive is not None else [])
         self.tick_interval = max(0.01, min(periods) / 4)
         """How often :meth:`tick` should run: a quarter of the shortest deadline."""
+        self.session = session
+        self.outcome: SessionOutcome | None = None
+        """Client side: set by the server's welcome."""
+        self._awaiting_welcome = session is not None
+        self._expect = session.delivered + 1 if session is not None else 0
+        self._in_flight: list[int] = []  # sequence numbers of what receive_data returned
+        self._in_flight_done = 0  # ...how many of them were delivered
+        self._in_flight_last = 0  # ...the last sequence number that call consumed
+        self._acked_out = session.delivered if session is not None else 0
+        self._owed_bytes = 0
+        self._ack_timer_set = False
 
     # -- state --------------------------------------------------------------------------------
 
@@ -202,6 +255,53 @@ class LinkProtocol:
         """Client side, on a plain connection after offering ``subprotocol``: a server that
         accepted without choosing it may still upgrade in band."""
         self._upgrade_expected = subprotocol
+
+    def welcome(self, *, resumed: bool, peer_delivered: int = 0) -> None:
+        """Server side, first on a resumable link: tell the client its session (in
+        :attr:`session`), whether it resumed, and what was delivered; when it resumed, replay
+        what the client did not deliver (the caller checked ``can_resume``)."""
+        session = self.session
+        assert session is not None
+        assert session.session is not None
+        assert self._control is None, "the welcome goes out before anything else"
+        self._awaiting_welcome = False
+        self.queue_control(encode_welcome(Welcome(session.session, resumed, session.delivered)))
+        if resumed:
+            self._queue_replay(session.resume(peer_delivered))
+
+    def _queue_replay(self, entries: list[tuple[int, bytes]]) -> None:
+        config = self.config
+        session = self.session
+        assert session is not None
+        i = 0
+        while i < len(entries):
+            first = entries[i][0]
+            payloads: list[bytes] = []
+            size = 0
+            while (
+                i < len(entries)
+                and len(payloads) < config.max_batch_messages
+                and size < config.max_batch_bytes
+            ):
+                payloads.append(entries[i][1])
+                size += len(entries[i][1])
+                i += 1
+            self.queue_control(encode_sequenced(first, session.delivered, payloads))
+        self._acked_out = session.delivered
+        self.stats.replayed += len(entries)
+
+    @property
+    def can_send_data(self) -> bool:
+        """Queued messages may go out: not waiting for the welcome, and (on a resumable
+        link) the replay buffer has room."""
+        session = self.session
+        return session is None or (not self._awaiting_welcome and session.window_open)
+
+    @property
+    def drained(self) -> bool:
+        """Resumable link: the peer acknowledged everything sent."""
+        session = self.session
+        return session is not None and not self._awaiting_welcome and not session.unacknowledged
 
     @property
     def closing(self) -> bool:
@@ -277,6 +377,15 @@ class LinkProtocol:
         if frame.kind is FrameKind.PONG:
             stats.last_rtt = max(0.0, now - frame.token / 1e9)
             return []
+        if frame.kind is FrameKind.SEQUENCED:
+            return self._receive_sequenced(frame.seq, frame.token, frame.payloads, size)
+        if frame.kind is FrameKind.ACK:
+            self._receive_ack(frame.token)
+            return []
+        if frame.kind is FrameKind.WELCOME:
+            assert frame.welcome is not None
+            self._receive_welcome(frame.welcome)
+            return []
         accepted: list[BusMessage] = []
         for payload in frame.payloads:
             message = self._accept(payload)
@@ -285,6 +394,135 @@ class LinkProtocol:
             if self.closing:  # too many bad messages in a row
                 break
         return accepted
+
+    def _receive_sequenced(
+        self, first: int, ack: int, payloads: Sequence[bytes | memoryview], size: int
+    ) -> list[BusMessage]:
+        session = self.session
+        if session is None or self._awaiting_welcome:
+            self._refuse("framing", "sequenced frame outside a resumable session", malformed=True)
+            return []
+        if not self._receive_ack(ack):
+            return []
+        self._owed_bytes += size
+        expect = self._expect
+        accepted: list[BusMessage] = []
+        seqs: list[int] = []
+        seq = first
+        for payload in payloads:
+            if seq < expect:
+                self.stats.duplicates += 1  # replayed, and delivered already
+            elif seq > expect:
+                self._protocol_error(f"message {seq} arrived, {expect} expected")
+                break
+            else:
+                expect += 1
+                message = self._accept(payload)
+                if message is not None:
+                    accepted.append(message)
+                    seqs.append(seq)
+                if self.closing:
+                    break
+            seq += 1
+        self._expect = expect
+        if accepted:
+            self._in_flight = seqs
+            self._in_flight_done = 0
+            self._in_flight_last = expect - 1
+        elif expect - 1 > session.delivered:
+            session.delivered = expect - 1  # all refused: consumed all the same
+        return accepted
+
+    def delivered_one(self) -> None:
+        """The next message :meth:`receive_data` returned was delivered (or could not be):
+        it counts as delivered from now on, and is acknowledged."""
+        session = self.session
+        if session is None:
+            return
+        done = self._in_flight_done + 1
+        seqs = self._in_flight
+        if done > len(seqs):
+            return
+        self._in_flight_done = done
+        session.delivered = self._in_flight_last if done == len(seqs) else seqs[done - 1]
+
+    def _receive_ack(self, seq: int) -> bool:
+        session = self.session
+        if session is None or self._awaiting_welcome:
+            self._refuse("framing", "acknowledgement outside a resumable session", malformed=True)
+            return False
+        if not session.acknowledge(seq):
+            self._protocol_error(f"acknowledgement of {seq}, beyond the {session.sent} sent")
+            return False
+        return True
+
+    def _receive_welcome(self, welcome: Welcome) -> None:
+        session = self.session
+        if session is None or not self._awaiting_welcome:
+            self._protocol_error("unexpected welcome")
+            return
+        previous = session.session
+        if welcome.resumed:
+            if previous != welcome.session or not session.can_resume(welcome.received):
+                self._protocol_error(
+                    f"resumed session {welcome.session} at {welcome.received} does not match"
+                    f" ours ({previous}, {session.peer_acked}..{session.sent})"
+                )
+                return
+            self._queue_replay(session.resume(welcome.received))
+            self.stats.resumes += 1
+            lost = 0
+        else:
+            lost = session.lose() if previous is not None else 0
+            if previous is not None:
+                self.stats.sessions_lost += 1
+                self.stats.lost_unacknowledged += lost
+            session.session = welcome.session
+        self._expect = session.delivered + 1
+        self._acked_out = session.delivered
+        self._awaiting_welcome = False
+        self.outcome = SessionOutcome(welcome.session, welcome.resumed, lost, previous)
+
+    def _protocol_error(self, detail: str) -> None:
+        self.stats.rejected += 1
+        reasons = self.stats.rejected_by_reason
+        reasons["protocol"] = reasons.get("protocol", 0) + 1
+        logger.warning("link %s: %s; closing with %d", self.name, detail, CloseCode.PROTOCOL_ERROR)
+        self.close(CloseCode.PROTOCOL_ERROR, "protocol error")
+
+    # -- acknowledgements ---------------------------------------------------------------------
+
+    def ack_after_delivery(self) -> bool:
+        """After delivering what a frame carried: queue an acknowledgement if enough is owed.
+        ``True`` when one is owed but not yet due: call :meth:`ack_timer` in ``ACK_DELAY``
+        seconds (the caller keeps at most one such timer; see :attr:`ack_timer_wanted`)."""
+        session = self.session
+        if session is None:
+            return False
+        owed = session.delivered - self._acked_out
+        if owed <= 0:
+            return False
+        if owed >= ACK_EVERY or self._owed_bytes >= ACK_EVERY_BYTES:
+            self._queue_ack()
+            return False
+        if self._ack_timer_set:
+            return False
+        self._ack_timer_set = True
+        return True
+
+    def ack_timer(self) -> None:
+        """``ACK_DELAY`` after :meth:`ack_after_delivery` asked: acknowledge what is owed."""
+        self._ack_timer_set = False
+        session = self.session
+        if session is not None and session.delivered > self._acked_out and not self.closing:
+            self._queue_ack()
+
+    def _queue_ack(self) -> None:
+        session = self.session
+        assert session is not None
+        self._acked_out = session.delivered
+        self._owed_bytes = 0
+        self.queue_control(encode_ack(session.delivered))
 
     def _accept(self, payload: bytes | memoryview) -> BusMessage | None:
         try:
@@ -393,6 +631,13 @@ class LinkProtocol:
                 break
         if not payloads:
             return Packed(None, taken, 0)
+        session = self.session
+        if session is not None:
+            first = session.record(payloads)
+            self._acked_out = session.delivered
+            self._owed_bytes = 0
+            data = encode_sequenced(first, session.delivered, payloads)
+            return Packed(data, taken, len(payloads))
         if not self.send_framed:
             data = payloads[0]
         elif len(payloads) == 1:

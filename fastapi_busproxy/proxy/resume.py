@@ -1,0 +1,123 @@
+"""What a resumable session remembers across connections: sequence numbers and the replay.
+
+A :class:`SessionState` belongs to one side of one session (the client proxy, or the server
+proxy that the plugin keeps through a disconnection) and outlives each connection's
+:class:`~.protocol.LinkProtocol`. Pure code, no I/O:
+
+- **outbound**, every message that crosses gets the next sequence number and stays, serialized,
+  in the replay buffer until the peer acknowledges it (cumulatively). The buffer is bounded in
+  bytes: while it holds ``limit`` bytes or more, the link sends nothing new (:attr:`window_open`
+  is false), its send queue fills and senders wait: the bus's backpressure. Nothing is dropped.
+- **inbound**, :attr:`delivered` is the highest of the peer's sequence numbers this side has
+  delivered (or refused: refusing consumes it too); it is what this side acknowledges, and what
+  it tells the peer when a connection opens, so that the peer replays the rest.
+- **resuming** (:meth:`resume`) drops what the peer says it has delivered and hands back the
+  rest for replay; a count that does not fit what was sent means the session cannot resume.
+- **losing** the session (:meth:`lose`) counts what the peer never acknowledged and starts the
+  numbering over.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_REPLAY_BUFFER", "MIN_REPLAY_BUFFER", "SessionState"]
+
+DEFAULT_REPLAY_BUFFER = 1_048_576
+MIN_REPLAY_BUFFER = 65_536
+
+
+class SessionState:
+    __slots__ = (
+        "_replay",
+        "delivered",
+        "limit",
+        "next_seq",
+        "peer_acked",
+        "replay_bytes",
+        "session",
+    )
+
+    def __init__(self, limit: int = DEFAULT_REPLAY_BUFFER) -> None:
+        if limit < MIN_REPLAY_BUFFER:
+            raise ConfigurationError(
+                f"replay_buffer_size must be at least {MIN_REPLAY_BUFFER} bytes, not {limit}"
+            )
+        self.limit = limit
+        self.session: str | None = None
+        self.next_seq = 1  # our next message's sequence number
+        self.peer_acked = 0  # the highest of ours the peer acknowledged
+        self.delivered = 0  # the highest of the peer's we delivered
+        self._replay: deque[tuple[int, bytes]] = deque()
+        self.replay_bytes = 0
+
+    @property
+    def sent(self) -> int:
+        """The highest sequence number sent (0 before the first)."""
+        return self.next_seq - 1
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages sent that the peer has not acknowledged."""
+        return len(self._replay)
+
+    @property
+    def window_open(self) -> bool:
+        """Room to send more (the replay buffer holds less than its limit)."""
+        return self.replay_bytes < self.limit
+
+    def record(self, payloads: list[bytes]) -> int:
+        """Number ``payloads`` (about to be written) and keep them; returns the first number."""
+        first = self.next_seq
+        seq = first
+        replay = self._replay
+        size = 0
+        for payload in payloads:
+            replay.append((seq, payload))
+            size += len(payload)
+            seq += 1
+        self.next_seq = seq
+        self.replay_bytes += size
+        return first
+
+    def acknowledge(self, seq: int) -> bool:
+        """The peer delivered everything up to ``seq``: forget it. ``False`` if ``seq`` is
+        beyond what was sent (a broken peer); an old acknowledgement is harmless."""
+        if seq > self.sent:
+            return False
+        if seq <= self.peer_acked:
+            return True
+        self.peer_acked = seq
+        replay = self._replay
+        freed = 0
+        while replay and replay[0][0] <= seq:
+            freed += len(replay.popleft()[1])
+        self.replay_bytes -= freed
+        return True
+
+    def can_resume(self, peer_delivered: int) -> bool:
+        """Whether a peer that delivered up to ``peer_delivered`` can be replayed the rest."""
+        return self.peer_acked <= peer_delivered <= self.sent
+
+    def resume(self, peer_delivered: int) -> list[tuple[int, bytes]]:
+        """Forget what the peer delivered; the rest, in order, to send again."""
+        if not self.can_resume(peer_delivered):
+            raise ValueError(
+                f"peer delivered {peer_delivered}, outside {self.peer_acked}..{self.sent}"
+            )
+        self.acknowledge(peer_delivered)
+        return list(self._replay)
+
+    def lose(self) -> int:
+        """The session is gone: forget it and start over; returns how many messages sent were
+        never acknowledged (delivered or not, nobody can tell)."""
+        lost = len(self._replay)
+        self._replay.clear()
+        self.replay_bytes = 0
+        self.session = None
+        self.next_seq = 1
+        self.peer_acked = 0
+        self.delivered = 0
+        return lost
