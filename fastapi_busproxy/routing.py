@@ -25,7 +25,16 @@ not collide. A connection for a remote worker name that is already connected is 
 :attr:`~fastapi_busproxy.closecodes.CloseCode.DUPLICATE_SESSION` (4001); ``"replace"`` closes
 the older link with :attr:`~fastapi_busproxy.closecodes.CloseCode.SESSION_REPLACED` (4002) and
 serves the newcomer. ``session_workers`` creates workers (for example one assistant per caller)
-that live and die with the connection.
+that live and die with the session.
+
+**Resumable sessions.** With a client of ours, a session outlives a broken connection by
+``resume_grace`` seconds (settings, 30 s by default): its proxy, its session workers, the
+remote worker's registration and what is addressed to it stay, and a client that reconnects
+within the grace period naming the session (its ``x-busproxy-resume`` header) gets it back on
+the new connection, with nothing lost or duplicated (see :mod:`fastapi_busproxy.proxy.resume`).
+The duplicate policy applies to sessions, not sockets: a reconnection that resumes its
+own session is no duplicate, and a newcomer that does not resume replaces a session that is
+waiting for its client, whatever the policy.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from .closecodes import CloseCode
 from .exceptions import ConfigurationError
 from .lifespan import _state, bus_lifespan, runner_of
 from .messages import BusMessage
+from .proxy.framing import RESUME_HEADER, parse_resume_header
 from .proxy.server import WebSocketProxyServer
 from .runner import RunnerState, WorkerRunner
 from .serializers import MessageSerializer
@@ -226,7 +236,20 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
         return
     remote = session.remote_worker_name
     policy = route.duplicate_policy or state.settings.duplicate_policy
+    resume = parse_resume_header(websocket.headers.get(RESUME_HEADER))
     while (existing := state.sessions.get(remote)) is not None:
+        proxy = existing.proxy
+        if proxy is not None and resume is not None and proxy.can_resume(*resume):
+            logger.info("route %s: %s resumes its session", route.name, remote)
+            await proxy.resume(websocket, resume[1])
+            return
+        if proxy is not None and proxy.detached:
+            logger.info(
+                "route %s: a new session of %s replaces the one waiting for it", route.name, remote
+            )
+            await proxy.end_session("replaced by a new session")
+            await existing.done.wait()
+            continue
         if policy == "refuse":
             logger.info("route %s: refused a second connection for %s", route.name, remote)
             await websocket.accept()

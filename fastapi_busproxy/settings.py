@@ -96,6 +96,18 @@ class BusProxySettings(BaseSettings):
     batching: bool = Field(
         True, description="Batch queued messages into one WebSocket message with our peers."
     )
+    resume_grace: float | None = Field(
+        30.0,
+        gt=0,
+        description="Seconds the server keeps a disconnected client's session for it to resume"
+        " (None: sessions end with their connection).",
+    )
+    replay_buffer_size: int = Field(
+        1_048_576,
+        ge=65_536,
+        description="Bytes sent on a resumable link and kept until the peer acknowledges them;"
+        " when full, senders wait.",
+    )
     duplicate_policy: Literal["refuse", "replace"] = Field(
         "refuse",
         description="A second connection for a connected worker name: refuse it, or replace "
@@ -133,7 +145,8 @@ class BusProxySettings(BaseSettings):
         size): the message its reader holds; its lane in the shared worker's queue
         (``bus_queue_size``); its jobs in flight (``max_jobs_per_source``, a request and an
         answer each); the answers in its proxy's queue (``bus_queue_size``) and send queue
-        (``send_queue_size``); plus the socket buffers of uvicorn and websockets
+        (``send_queue_size``); what a resumable link keeps until it is acknowledged
+        (``replay_buffer_size``, serialized); plus the socket buffers of uvicorn and websockets
         (:data:`SOCKET_BUFFERS`) and what an idle link costs (:data:`LINK_OVERHEAD`). Past
         these the chain pushes back: the link stops reading its socket. Divide the memory you
         give the server by this to know how many connections it serves at worst.
@@ -145,7 +158,8 @@ class BusProxySettings(BaseSettings):
             + self.bus_queue_size
             + self.send_queue_size
         )
-        return messages * self.max_message_size * DECODED_OVERHEAD + SOCKET_BUFFERS + LINK_OVERHEAD
+        decoded = messages * self.max_message_size * DECODED_OVERHEAD
+        return decoded + self.replay_buffer_size + SOCKET_BUFFERS + LINK_OVERHEAD
 
     def server_proxy_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`WebSocketProxyServer` these settings give."""
@@ -157,6 +171,8 @@ class BusProxySettings(BaseSettings):
             "ping_interval": self.ping_interval,
             "ping_timeout": self.ping_timeout,
             "batching": self.batching,
+            "resume_grace": self.resume_grace,
+            "replay_buffer_size": self.replay_buffer_size,
         }
 
     def client_proxy_options(self) -> dict[str, Any]:
@@ -173,4 +189,5 @@ class BusProxySettings(BaseSettings):
             "outbox_max_age": self.outbox_max_age,
             "compression": self.compression,
             "reconnect": self.reconnect_policy(),
+            "replay_buffer_size": self.replay_buffer_size,
         }

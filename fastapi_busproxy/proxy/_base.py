@@ -17,7 +17,8 @@ from ..worker import BaseWorker
 from ._link import Link
 from ._outbox import Outbox
 from .forwarding import ForwardingRules, SessionControl, session_control
-from .protocol import LinkConfig, LinkStats
+from .protocol import LinkConfig, LinkStats, SessionOutcome
+from .resume import SessionState
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
 
@@ -158,7 +159,14 @@ class ProxyWorker(BaseWorker):
         else:
             self.spawn(session.cancel(reason), name="peer-cancel")
 
-    def _new_link(self, transport: Any, *, framed: bool, app_keepalive: bool) -> Link:
+    def _new_link(
+        self,
+        transport: Any,
+        *,
+        framed: bool,
+        app_keepalive: bool,
+        session: SessionState | None = None,
+    ) -> Link:
         config = self.link_config
         if app_keepalive != config.app_keepalive:
             from dataclasses import replace
@@ -174,7 +182,16 @@ class ProxyWorker(BaseWorker):
             outbox=self._outbox,
             stats=self.stats,
             config=config,
+            session=session,
+            on_outcome=self._session_outcome if session is not None else None,
+            on_drained=self._drained if session is not None else None,
         )
+
+    def _drained(self) -> None:
+        """A resumable link's peer acknowledged everything sent, and nothing is queued."""
+
+    async def _session_outcome(self, outcome: SessionOutcome) -> None:
+        """The client's side of a welcome (see :class:`WebSocketProxyClient`)."""
 
     def _link_down(self) -> None:
         gone = self.runner.registry.unregister_origin(self.name)

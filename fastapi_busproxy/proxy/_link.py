@@ -23,7 +23,8 @@ from ..serializers import MessageSerializer
 from ._outbox import Outbox
 from ._transport import PeerClosed, Transport
 from .forwarding import ForwardingRules
-from .protocol import CloseInfo, LinkConfig, LinkProtocol, LinkStats
+from .protocol import ACK_DELAY, CloseInfo, LinkConfig, LinkProtocol, LinkStats, SessionOutcome
+from .resume import SessionState
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
 
@@ -47,6 +48,9 @@ class Link:
         outbox: Outbox,
         stats: LinkStats,
         config: LinkConfig,
+        session: SessionState | None = None,
+        on_outcome: Callable[[SessionOutcome], Awaitable[None]] | None = None,
+        on_drained: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
@@ -63,7 +67,10 @@ class Link:
             rules=rules,
             framed=framed,
             now=clock(),
+            session=session,
         )
+        self._on_outcome = on_outcome
+        self._on_drained = on_drained
         self._deliver = deliver
         self._write_lock = asyncio.Lock()
         self._wrote_direct = False  # a direct write happened in this turn of the event loop
@@ -182,6 +189,8 @@ class Link:
         clock = self._clock
         deliver = self._deliver
         outbox = self.outbox
+        resumable = protocol.session is not None
+        loop = asyncio.get_running_loop()
         while True:
             data = await receive()
             messages = protocol.receive_data(data, clock())
@@ -196,10 +205,28 @@ class Link:
                         type(message).__name__,
                         exc,
                     )
+                if resumable:
+                    protocol.delivered_one()
             if protocol.closing:
                 raise _ProtocolClosed
-            if protocol.next_control() is not None:
+            if resumable:
+                if protocol.ack_after_delivery():
+                    loop.call_later(ACK_DELAY, self._ack_timer)
+                outcome, protocol.outcome = protocol.outcome, None
+                if outcome is not None and self._on_outcome is not None:
+                    await self._on_outcome(outcome)
+                on_drained = self._on_drained
+                if on_drained is not None and not outbox and protocol.drained:
+                    on_drained()
+                outbox.notify()  # an acknowledgement to write, or room in the send window
+            elif protocol.next_control() is not None:
                 outbox.notify()  # a pong to write
+
+    def _ack_timer(self) -> None:
+        protocol = self.protocol
+        protocol.ack_timer()
+        if self._running and protocol.next_control() is not None:
+            self.outbox.notify()
 
     # -- send ---------------------------------------------------------------------------------
 
@@ -207,6 +234,7 @@ class Link:
         send = self.transport.send
         outbox = self.outbox
         protocol = self.protocol
+        resumable = protocol.session is not None
         while True:
             control = protocol.next_control()
             if control is not None:
@@ -222,14 +250,19 @@ class Link:
                     expired,
                     outbox.max_age,
                 )
-            if not outbox:
+            if not outbox or not protocol.can_send_data:
                 await outbox.wait_signal()
                 continue
             packed = protocol.pack(outbox.peek(protocol.batch_limit))
+            if resumable:
+                # Numbered and in the replay buffer now: if the write fails, the next
+                # connection of the session sends them again.
+                outbox.pop(packed.taken)
             if packed.data is not None:
                 await self._timed_send(send, packed.data)
                 protocol.written(packed)
-            outbox.pop(packed.taken)
+            if not resumable:
+                outbox.pop(packed.taken)
 
     async def send_direct(self, message: BusMessage) -> bool:
         """Write ``message`` now if the link is idle; ``False`` when it must be queued.
@@ -247,6 +280,7 @@ class Link:
             or self.outbox
             or protocol.next_control() is not None
             or protocol.closing
+            or not protocol.can_send_data
         ):
             return False
         packed = protocol.pack((message,))
@@ -257,7 +291,9 @@ class Link:
         try:
             await self._timed_send(self.transport.send, packed.data)
         except PeerClosed:
-            return False  # the caller queues it: a client's outbox keeps it for the next link
+            # Resumable: in the replay buffer, sent again on the session's next connection.
+            # Otherwise the caller queues it: a client's outbox keeps it for the next link.
+            return protocol.session is not None
         protocol.written(packed)
         return True
 

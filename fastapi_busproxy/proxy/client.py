@@ -9,6 +9,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from .._flag import Flag
 from ..closecodes import CloseCode
 from ..exceptions import ConfigurationError, HandshakeRejectedError
 from ..messages import BusMessage
@@ -17,9 +18,10 @@ from ..serializers import MessageSerializer
 from ._base import ProxyWorker
 from ._outbox import Outbox
 from ._transport import WebsocketsTransport
-from .framing import subprotocol_for
-from .protocol import CloseInfo, LinkConfig
+from .framing import RESUME_HEADER, format_resume_header, is_resumable, subprotocols_for
+from .protocol import CloseInfo, LinkConfig, SessionOutcome
 from .reconnect import ReconnectPolicy
+from .resume import DEFAULT_REPLAY_BUFFER, SessionState
 
 __all__ = ["HeadersProvider", "WebSocketProxyClient"]
 
@@ -44,8 +46,16 @@ class WebSocketProxyClient(ProxyWorker):
     (``reconnect``); a handshake refused with HTTP 401 or 403 stops retrying and fires
     ``on_gave_up``. While disconnected, messages for the remote worker wait in a bounded
     outbox (``outbox_size`` messages, ``outbox_max_age`` seconds; the oldest are dropped and
-    counted) that is flushed, in order, on reconnect. Messages written to a connection just
-    before it broke may be lost: delivery across a link is at most once.
+    counted) that is flushed, in order, on reconnect.
+
+    **Resume.** Against our own server (``include_bus_proxy``), the link is resumable: every
+    message is numbered and kept until the server acknowledges it, and a client that
+    reconnects within the server's grace period resumes its session: both sides send again
+    what the other did not get, drop what they already delivered, and keep the order (exactly
+    once, in order, across cuts). When the session could not be resumed (the grace period
+    passed, the server restarted), ``on_session_lost`` says how many messages sent were never
+    acknowledged: for them, delivery was at most once. Against a reference server, or with
+    ``resume=False``, messages written just before a connection broke may be lost.
 
     Deactivating closes the connection (1000); stopping closes it with 1001. Activating again
     replaces the connection without leaking the old one.
@@ -74,13 +84,19 @@ class WebSocketProxyClient(ProxyWorker):
         compression: ``"deflate"`` for permessage-deflate, ``None`` (default) for none.
         batching: offer the framed subprotocol (batching, keepalive); a reference server
             ignores the offer and the plain format is used.
+        resume: offer the resumable subprotocol (see above); needs ``batching``.
+        replay_buffer_size: bytes sent and kept until acknowledged on a resumable link; when
+            full, nothing new is sent until acknowledgements come (senders wait).
 
     Events:
         ``on_connected(worker, websocket)``, ``on_disconnected(worker, websocket)``;
         ``on_reconnecting(worker, attempt, delay)``: a connect failed or the link dropped,
         the next try comes in ``delay`` seconds;
         ``on_gave_up(worker, error)``: no more tries (``error`` is a
-        :class:`HandshakeRejectedError` for 401/403, else the last connect error).
+        :class:`HandshakeRejectedError` for 401/403, else the last connect error);
+        ``on_resumed(worker)``: a new connection resumed the session, nothing lost;
+        ``on_session_lost(worker, lost)``: a new connection could not resume the session;
+        ``lost`` messages sent in it were never acknowledged.
     """
 
     EVENTS: ClassVar[tuple[str, ...]] = (
@@ -88,6 +104,8 @@ class WebSocketProxyClient(ProxyWorker):
         "on_disconnected",
         "on_reconnecting",
         "on_gave_up",
+        "on_resumed",
+        "on_session_lost",
     )
 
     def __init__(
@@ -113,6 +131,8 @@ class WebSocketProxyClient(ProxyWorker):
         max_bad_frames: int = 10,
         compression: str | None = None,
         batching: bool = True,
+        resume: bool = True,
+        replay_buffer_size: int = DEFAULT_REPLAY_BUFFER,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
             raise ConfigurationError(f"url must be a ws:// or wss:// URL, not {url!r}")
@@ -155,6 +175,35 @@ class WebSocketProxyClient(ProxyWorker):
         self._connector: asyncio.Task[None] | None = None
         self._connections = 0
         self._rng = random.Random()
+        self._resume = SessionState(replay_buffer_size) if resume and batching else None
+        self._drained_flag = Flag()
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages sent on the resumable session that the server has not acknowledged."""
+        return self._resume.unacknowledged if self._resume is not None else 0
+
+    async def wait_acknowledged(self) -> None:
+        """Wait until the server has acknowledged every message sent or queued so far (or
+        ``on_session_lost`` counted it as lost).
+
+        For a script that must not exit before its messages are safe on the other side. Only
+        resumable links acknowledge: raises :class:`ConfigurationError` with ``resume=False``.
+        Use it under a timeout: a server that is away never acknowledges.
+        """
+        if self._resume is None:
+            raise ConfigurationError("wait_acknowledged() needs a resumable link (resume=True)")
+        while self.queued or self._resume.unacknowledged:
+            self._drained_flag.clear()
+            await self._drained_flag.wait()
+
+    def _drained(self) -> None:
+        self._drained_flag.set()
+
+    @property
+    def session_id(self) -> str | None:
+        """The resumable session the server gave this client (``None`` before or without)."""
+        return self._resume.session if self._resume is not None else None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -249,12 +298,18 @@ class WebSocketProxyClient(ProxyWorker):
         from websockets.exceptions import InvalidStatus, InvalidURI
 
         headers = await self._resolve_headers()
-        offered = subprotocol_for(self.serializer.content_type)
+        session = self._resume
+        if session is not None and session.session is not None:
+            headers = {
+                **(headers or {}),
+                RESUME_HEADER: format_resume_header(session.session, session.delivered),
+            }
+        offered = self._offered()
         try:
             return await connect(
                 self.url,
                 additional_headers=headers,
-                subprotocols=[offered] if self.batching and offered else None,  # type: ignore[list-item]
+                subprotocols=offered or None,  # type: ignore[arg-type]
                 open_timeout=self.open_timeout,
                 ping_interval=self.link_config.ping_interval,
                 ping_timeout=self.link_config.ping_timeout,
@@ -283,13 +338,32 @@ class WebSocketProxyClient(ProxyWorker):
             value = await value
         return value
 
+    def _offered(self) -> list[str]:
+        if not self.batching:
+            return []
+        return subprotocols_for(self.serializer.content_type, resume=self._resume is not None)
+
     async def _run_connection(self, connection: Any) -> CloseInfo:
-        offered = subprotocol_for(self.serializer.content_type)
+        offered = self._offered()
         self.subprotocol = connection.subprotocol
-        framed = offered is not None and self.subprotocol == offered
-        link = self._new_link(WebsocketsTransport(connection), framed=framed, app_keepalive=False)
-        if offered is not None and self.batching and not framed:
-            link.protocol.expect_upgrade(offered)  # a server that accepted without it may
+        framed = self.subprotocol is not None and self.subprotocol in offered
+        resumable = framed and is_resumable(self.subprotocol)
+        if not resumable and self._resume is not None and self._resume.session is not None:
+            # A server that no longer offers resume: the session cannot go on.
+            previous = self._resume.session
+            lost = self._resume.lose()
+            self.stats.sessions_lost += 1
+            self.stats.lost_unacknowledged += lost
+            await self._session_outcome(SessionOutcome("", False, lost, previous))
+        link = self._new_link(
+            WebsocketsTransport(connection),
+            framed=framed,
+            app_keepalive=False,
+            session=self._resume if resumable else None,
+        )
+        if offered and not framed:
+            # A server that accepted without a subprotocol may still upgrade in band (v1).
+            link.protocol.expect_upgrade(offered[-1])
         self._link = link
         if self._connections:
             self.stats.reconnects += 1
@@ -330,6 +404,20 @@ class WebSocketProxyClient(ProxyWorker):
             )
             await self._call_event_handler("on_disconnected", connection)
         return info
+
+    async def _session_outcome(self, outcome: SessionOutcome) -> None:
+        if outcome.resumed:
+            logger.info("proxy %s: resumed session %s", self.name, outcome.session)
+            await self._call_event_handler("on_resumed")
+        elif outcome.previous is not None:
+            logger.warning(
+                "proxy %s: session %s could not be resumed (the server no longer has it); %d"
+                " messages sent in it were never acknowledged and may be lost",
+                self.name,
+                outcome.previous,
+                outcome.lost,
+            )
+            await self._call_event_handler("on_session_lost", outcome.lost)
 
     # -- forwarding ---------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -15,12 +17,20 @@ from ._base import ProxyWorker
 from ._link import Link
 from ._outbox import Outbox
 from ._transport import StarletteTransport
-from .framing import choose_subprotocol
+from .framing import choose_subprotocol, is_resumable
 from .protocol import CloseInfo, LinkConfig
+from .resume import DEFAULT_REPLAY_BUFFER, SessionState
 
 __all__ = ["WebSocketProxyServer"]
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
+
+# Connections that ended without either side meaning it: a resumable session waits for its
+# client to come back. Any other close (the client left, the link was refused by policy, the
+# proxy stopped) ends the session with the connection.
+_DETACHING_CODES = frozenset(
+    (1005, 1006, CloseCode.INTERNAL_ERROR, CloseCode.PEER_TOO_SLOW, CloseCode.SESSION_REPLACED)
+)
 
 
 class WebSocketProxyServer(ProxyWorker):
@@ -57,14 +67,29 @@ class WebSocketProxyServer(ProxyWorker):
             ``ping_interval + ping_timeout`` seconds closes with 1011. With plain (reference)
             clients, keepalive is the ASGI server's (uvicorn ``--ws-ping-interval``).
         batching: send every queued message in one WebSocket message on framed links.
+        resume_grace: seconds a resumable session outlives its connection (``None``, the
+            default: the proxy ends with its connection). The plugin's routes set it from
+            the settings (30 s) and hand a reconnecting client its session back
+            (:meth:`resume`); a client of ours then negotiates the resumable subprotocol.
+        replay_buffer_size: bytes sent and kept until acknowledged on a resumable link.
+
+    A resumable session whose connection broke (no close frame, keepalive timeout, a peer too
+    slow) is *detached*: the proxy stays, with the remote worker's registration, and keeps what
+    is addressed to the remote worker in its send queue; when that is full, or the grace
+    period passes, the session is given up (what it held is counted as dropped and logged).
 
     Events:
         ``on_client_connected(worker, websocket)``: the link is up and the proxy ready.
         ``on_client_disconnected(worker, websocket)``: the link is down (:attr:`close_info`
         says why).
+        ``on_client_resumed(worker, websocket)``: a new connection resumed the session.
     """
 
-    EVENTS: ClassVar[tuple[str, ...]] = ("on_client_connected", "on_client_disconnected")
+    EVENTS: ClassVar[tuple[str, ...]] = (
+        "on_client_connected",
+        "on_client_disconnected",
+        "on_client_resumed",
+    )
     _own_session: ClassVar[bool] = True
 
     def __init__(
@@ -84,6 +109,8 @@ class WebSocketProxyServer(ProxyWorker):
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         batching: bool = True,
+        resume_grace: float | None = None,
+        replay_buffer_size: int = DEFAULT_REPLAY_BUFFER,
     ) -> None:
         if websocket is None:
             raise ConfigurationError("WebSocketProxyServer needs the endpoint's websocket")
@@ -116,30 +143,177 @@ class WebSocketProxyServer(ProxyWorker):
         self.remote_worker_name = remote_worker_name
         self.close_info: CloseInfo | None = None
         self.subprotocol: str | None = None
+        if resume_grace is not None and not resume_grace > 0:
+            raise ConfigurationError(
+                f"resume_grace must be > 0 seconds or None, not {resume_grace}"
+            )
+        self.resume_grace = resume_grace
+        self._resume: SessionState | None = (
+            SessionState(replay_buffer_size) if resume_grace is not None and batching else None
+        )
+        self._ending = False  # stopping, or the session given up: no more detaching
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._link_task: asyncio.Task[None] | None = None
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The resumable session's id, once a client of ours negotiated one."""
+        session = self._resume
+        return session.session if session is not None else None
+
+    @property
+    def detached(self) -> bool:
+        """The session waits for its client to reconnect (no connection now)."""
+        return self._grace_timer is not None
+
+    def can_resume(self, session_id: str, peer_delivered: int) -> bool:
+        """Whether a client naming ``session_id`` (and what it delivered) can resume here."""
+        session = self._resume
+        return (
+            session is not None
+            and session.session is not None
+            and secrets.compare_digest(session.session, session_id)
+            and not self._ending
+            and not self.finished
+            and session.can_resume(peer_delivered)
+        )
+
+    async def resume(self, websocket: Any, peer_delivered: int) -> None:
+        """Serve the session on ``websocket`` (a reconnection; see :meth:`can_resume`).
+
+        A connection the session still has (half-open: the client saw it break first) is
+        closed with 4002. Returns when the new connection ends.
+        """
+        subprotocol = choose_subprotocol(
+            websocket.scope.get("subprotocols") or (), self.serializer.content_type, resume=True
+        )
+        if _not_accepted(websocket):
+            await websocket.accept(subprotocol=subprotocol)
+        if not is_resumable(subprotocol):
+            await websocket.close(CloseCode.PROTOCOL_ERROR, "resuming needs the v2 subprotocol")
+            return
+        old = self._link_task
+        if self._link is not None:
+            await self._link.close(CloseCode.SESSION_REPLACED, "resumed on a new connection")
+        if old is not None:
+            await asyncio.wait((old,))
+        if not self.can_resume(self.session_id or "", peer_delivered):
+            await websocket.close(CloseCode.TRY_AGAIN_LATER, "session ended meanwhile")
+            return
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        self.websocket = websocket
+        self.subprotocol = subprotocol
+        self.stats.resumes += 1
+        task = self._connect(websocket, resumed=True, peer_delivered=peer_delivered)
+        entry = self.runner.registry.entry(self.worker_name)
+        link = self._link
+        if entry is not None and link is not None:
+            self._announce(link, entry)
+        await self._call_event_handler("on_client_resumed", websocket)
+        await asyncio.wait((task,))
+
+    async def end_session(self, reason: str) -> None:
+        """Give the session up now (a detached one, replaced by a new client); the proxy
+        finishes."""
+        self._give_up(reason)
+        await self.wait()
+
+    def _detach(self, info: CloseInfo) -> None:
+        assert self.resume_grace is not None
+        logger.info(
+            "proxy %s: client %s gone (%d %s); its session is kept %.0fs for it to resume",
+            self.name,
+            self.peer,
+            info.code,
+            info.reason,
+            self.resume_grace,
+        )
+        loop = asyncio.get_running_loop()
+        self._grace_timer = loop.call_later(self.resume_grace, self._give_up, "grace period over")
+
+    def _give_up(self, reason: str) -> None:
+        if self._ending:
+            return
+        self._ending = True
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        session = self._resume
+        unacknowledged = session.lose() if session is not None else 0
+        queued = self._outbox.clear()
+        self.stats.sessions_lost += 1
+        self.stats.lost_unacknowledged += unacknowledged
+        self.stats.dropped += queued + unacknowledged
+        logger.warning(
+            "proxy %s: session given up (%s): %d queued and %d unacknowledged messages for %s"
+            " dropped",
+            self.name,
+            reason,
+            queued,
+            unacknowledged,
+            self.remote_worker_name,
+        )
+        self._link_down()
+        self.spawn(self._cancel_now(reason), name="give-up")
+
+    def _hold(self, message: BusMessage) -> None:
+        # No connection to write to (or one closing): a resumable session keeps the message
+        # for its client's return, until the send queue is full.
+        resume = self._resume
+        if resume is not None and resume.session is not None and not self._ending:
+            if self._outbox.put_nowait(message):
+                return
+            self._give_up("send queue full while the client was away")
+        super()._hold(message)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _connect(
+        self, websocket: Any, *, resumed: bool = False, peer_delivered: int = 0
+    ) -> asyncio.Task[None]:
+        """Run a link on the accepted ``websocket`` in a task of the proxy's."""
+        framed = self.subprotocol is not None
+        session = self._resume if is_resumable(self.subprotocol) else None
+        link = self._new_link(
+            StarletteTransport(websocket), framed=framed, app_keepalive=framed, session=session
+        )
+        if session is not None:
+            link.protocol.welcome(resumed=resumed, peer_delivered=peer_delivered)
+        self._link = link
+        task = self._link_task = self.spawn(self._run_link(link), name="link")
+        return task
 
     async def start(self) -> None:
         await super().start()
         websocket = self.websocket
         offered = list(websocket.scope.get("subprotocols") or ())
-        wanted = choose_subprotocol(offered, self.serializer.content_type)
+        content_type = self.serializer.content_type
         in_band = False
         if _not_accepted(websocket):
-            self.subprotocol = wanted
+            self.subprotocol = choose_subprotocol(
+                offered, content_type, resume=self._resume is not None
+            )
             await websocket.accept(subprotocol=self.subprotocol)
-        elif wanted is not None:
-            # The app accepted without a subprotocol (the reference page's form), and our
-            # client offered one: upgrade in band (see .framing).
-            self.subprotocol = wanted
-            in_band = True
-        framed = self.subprotocol is not None and not in_band
-        link = self._new_link(
-            StarletteTransport(websocket), framed=framed, app_keepalive=self.subprotocol is not None
-        )
+        else:
+            # The app accepted without a subprotocol (the reference page's form); if our
+            # client offered one, upgrade in band (see .framing).
+            self.subprotocol = choose_subprotocol(offered, content_type)
+            in_band = self.subprotocol is not None
+        if is_resumable(self.subprotocol):
+            assert self._resume is not None
+            self._resume.session = secrets.token_urlsafe(16)
         if in_band:
-            assert wanted is not None
-            link.protocol.offer_upgrade(wanted)
-        self._link = link
-        self.spawn(self._run_link(link), name="link")
+            assert self.subprotocol is not None
+            link = self._new_link(StarletteTransport(websocket), framed=False, app_keepalive=True)
+            link.protocol.offer_upgrade(self.subprotocol)
+            self._link = link
+            self._link_task = self.spawn(self._run_link(link), name="link")
+        else:
+            self._connect(websocket)
         await self.watch_workers(self.worker_name)
         client = websocket.scope.get("client")
         logger.info(
@@ -173,32 +347,54 @@ class WebSocketProxyServer(ProxyWorker):
 
     async def _run_link(self, link: Link) -> None:
         info: CloseInfo | None = None
+        keep = False
         try:
             info = await link.run()
         finally:
             self.close_info = info or CloseInfo(CloseCode.GOING_AWAY, "proxy stopped", True)
             self._link = None
-            self._link_down()
-            left = self._outbox.clear()
-            self.stats.dropped += left
             if self.close_info.code == CloseCode.PEER_TOO_SLOW:
                 self.stats.too_slow += 1
-            _log_close(f"{self.name} (peer {self.peer})", self.close_info, left)
+            keep = (
+                link.protocol.session is not None
+                and not self._ending
+                and self.close_info.code in _DETACHING_CODES
+            )
+            if keep:
+                if self.close_info.code != CloseCode.SESSION_REPLACED:
+                    self._detach(self.close_info)
+            else:
+                self._ending = True
+                self._link_down()
+                left = self._outbox.clear()
+                if self._resume is not None:
+                    left += self._resume.lose()
+                self.stats.dropped += left
+                _log_close(f"{self.name} (peer {self.peer})", self.close_info, left)
             await self._call_event_handler("on_client_disconnected", self.websocket)
-        await self._cancel_now("connection closed")
+        if not keep:
+            await self._cancel_now("connection closed")
 
     async def stop(self) -> None:
         """Stop the proxy: the connection closes with 1001.
 
         Called from outside, it stops the proxy (as for every worker). Idempotent.
         """
+        self._ending = True
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
         await super().stop()
         link = self._link
         if link is not None:
             await link.close(CloseCode.GOING_AWAY, "proxy stopped")
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Close the connection with ``code``; the proxy then finishes."""
+        """Close the connection with ``code``; the proxy (and its session) then finishes."""
+        if self.detached:
+            self._give_up(reason or f"closed with {code}")
+            return
+        self._ending = True
         link = self._link
         if link is not None:
             await link.close(code, reason)

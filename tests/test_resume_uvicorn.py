@@ -1,0 +1,212 @@
+"""Resumable sessions end to end: a real uvicorn server (``include_bus_proxy``), our client, and a
+TCP relay between them that cuts the connection while both sides send numbered streams.
+
+Counted on each side: messages lost, delivered twice, and delivered out of order. Loops are
+bounded in count; the only waits are for events (under timeouts); only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from fastapi_busproxy import (
+    BaseWorker,
+    BusDataMessage,
+    BusMessage,
+    WebSocketProxyClient,
+    WorkerRunner,
+    include_bus_proxy,
+    runner_of,
+)
+from fastapi_busproxy.proxy import ReconnectPolicy
+from tests.relay import Break, running_relay
+from tests.servers import running_uvicorn
+
+pytestmark = pytest.mark.anyio
+
+FAST_RETRY = ReconnectPolicy(initial_delay=0.02, max_delay=0.1)
+PER_ROUND = 100  # messages each side sends between two cuts
+CUTS: list[tuple[Break, Break]] = [
+    ("fin", "fin"),
+    ("rst", "rst"),
+    ("fin", None),  # the server's side stays open: the resumed connection replaces it
+    ("rst", "fin"),
+    (None, "rst"),  # the client's side stays open: its keepalive finds the link dead
+]
+
+
+@dataclass(kw_only=True)
+class Numbered(BusDataMessage):
+    n: int = 0
+
+
+class Counter(BaseWorker):
+    """Records the numbers it receives, in order; wakes a waiter when it has ``total``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.received: list[int] = []
+        self.total = 0
+        self.complete = asyncio.Event()
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if isinstance(message, Numbered):
+            self.received.append(message.n)
+            if self.total and len(set(self.received)) >= self.total:
+                self.complete.set()
+        await super().on_bus_message(message)
+
+    async def send_numbered(self, target: str, numbers: range) -> None:
+        for n in numbers:
+            await self.send_bus_message(Numbered(source=self.name, target=target, n=n))
+            if n % 10 == 9:
+                await asyncio.sleep(0.001)  # a pace: the cuts land while messages fly
+
+    def report(self, total: int) -> dict[str, int]:
+        got = self.received
+        return {
+            "lost": len(set(range(total)) - set(got)),
+            "duplicated": len(got) - len(set(got)),
+            "reordered": sum(1 for a, b in itertools.pairwise(got) if b < a),
+        }
+
+
+def make_app(server_counter: Counter, **options: Any) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runner_of(app).add_workers(server_counter)
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    include_bus_proxy(app, "/ws", "counter", remote_worker_name="client", **options)
+    return app
+
+
+class Client:
+    def __init__(self, url: str) -> None:
+        self.runner = WorkerRunner(name="client-runner", handle_sigint=False)
+        self.counter = Counter("client")
+        self.proxy = WebSocketProxyClient(
+            "link",
+            url=url,
+            remote_worker_name="counter",
+            local_worker_name="client",
+            active=True,
+            reconnect=FAST_RETRY,
+            # A half-open connection is found dead by keepalive: well within the grace period.
+            ping_interval=0.5,
+            ping_timeout=0.5,
+        )
+        self.resumed = 0
+        self.lost: list[int] = []
+        self.session_lost = asyncio.Event()
+
+        @self.proxy.event_handler("on_resumed")
+        async def resumed(proxy: WebSocketProxyClient) -> None:
+            self.resumed += 1
+
+        @self.proxy.event_handler("on_session_lost")
+        async def lost(proxy: WebSocketProxyClient, count: int) -> None:
+            self.lost.append(count)
+            self.session_lost.set()
+
+    async def __aenter__(self) -> Client:
+        await self.runner.start()
+        await self.runner.add_workers(self.counter, self.proxy)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cancel("test over")
+
+
+async def wait_ready(runner: WorkerRunner, name: str, timeout: float = 10.0) -> None:
+    await runner.registry.wait_ready(name, timeout)
+
+
+async def test_cut_connections_lose_nothing_duplicate_nothing_reorder_nothing() -> None:
+    server_counter = Counter("counter")
+    total = PER_ROUND * (len(CUTS) * 2 + 1)
+    server_counter.total = total
+    app = make_app(server_counter)
+    async with running_uvicorn(app) as server, running_relay(server.port) as relay:
+        async with Client(relay.url("/ws")) as client:
+            client.counter.total = total
+            await relay.wait_connection(1)
+            await wait_ready(client.runner, "counter")
+            sent = 0
+            for i, (client_side, server_side) in enumerate(CUTS):
+                # Both send; the relay cuts in the middle of a round, while messages fly.
+                half = range(sent, sent + PER_ROUND)
+                rest = range(sent + PER_ROUND, sent + 2 * PER_ROUND)
+                await asyncio.gather(
+                    client.counter.send_numbered("counter", half),
+                    server_counter.send_numbered("client", half),
+                )
+                assert relay.cut(client_side, server_side) >= 1
+                await asyncio.gather(
+                    client.counter.send_numbered("counter", rest),
+                    server_counter.send_numbered("client", rest),
+                )
+                sent += 2 * PER_ROUND
+                await relay.wait_connection(i + 2)
+            last = range(sent, total)
+            await asyncio.gather(
+                client.counter.send_numbered("counter", last),
+                server_counter.send_numbered("client", last),
+            )
+            # Under a timeout: on failure, the counts below say what went missing.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(client.counter.complete.wait(), server_counter.complete.wait()),
+                    30,
+                )
+            outcome = {
+                "client->server": server_counter.report(total),
+                "server->client": client.counter.report(total),
+            }
+            clean = {"lost": 0, "duplicated": 0, "reordered": 0}
+            assert outcome == {"client->server": clean, "server->client": clean}
+            assert client.lost == []
+            assert client.resumed >= len(CUTS) - 1
+            assert client.proxy.stats.resumes == client.resumed
+            assert client.proxy.stats.sessions_lost == 0
+
+
+async def test_a_restarted_server_is_a_lost_session_reported_with_its_count() -> None:
+    first = Counter("counter")
+    async with running_uvicorn(make_app(first)) as server, running_relay(server.port) as relay:
+        async with Client(relay.url("/ws")) as client:
+            await wait_ready(client.runner, "counter")
+            first.total = 50
+            await client.counter.send_numbered("counter", range(50))
+            await asyncio.wait_for(first.complete.wait(), 10)
+            await asyncio.wait_for(client.proxy.wait_acknowledged(), 10)
+            assert client.proxy.unacknowledged == 0
+            # The server's machine goes away; a new server comes up behind the same address.
+            # What the client writes before it notices is lost with the old session.
+            relay.cut("rst", "rst")
+            second = Counter("counter")
+            async with running_uvicorn(make_app(second)) as restarted:
+                relay.target_port = restarted.port
+                await client.counter.send_numbered("counter", range(50, 100))
+                await asyncio.wait_for(client.session_lost.wait(), 10)
+                await wait_ready(client.runner, "counter")
+                second.total = 100 - 50 - client.lost[0]
+                await asyncio.wait_for(second.complete.wait(), 10)
+                await asyncio.wait_for(client.proxy.wait_acknowledged(), 10)
+    assert first.received == list(range(50))
+    # The count is exact: what was written to the old connection and never acknowledged...
+    [lost] = client.lost
+    assert client.proxy.stats.sessions_lost == 1
+    assert client.proxy.stats.lost_unacknowledged == lost
+    # ...and everything sent after it arrives, once, in order.
+    assert second.received == list(range(50 + lost, 100))
