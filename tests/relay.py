@@ -47,11 +47,19 @@ class Relay:
         self._abandoned: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
         self._new_connection = asyncio.Event()
+        self.refuse = False  # reset new connections at once (a server that is down)
+        self.refused = 0
+        self._refused_one = asyncio.Event()
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            _break(writer, "rst")
+            self.refused += 1
+            self._refused_one.set()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -92,6 +100,16 @@ class Relay:
             while self.accepted < count:
                 self._new_connection.clear()
                 await self._new_connection.wait()
+
+        await asyncio.wait_for(reached(), timeout)
+
+    async def wait_refused(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``count`` connections have been refused in all."""
+
+        async def reached() -> None:
+            while self.refused < count:
+                self._refused_one.clear()
+                await self._refused_one.wait()
 
         await asyncio.wait_for(reached(), timeout)
 

@@ -23,6 +23,7 @@ from fastapi_busproxy import (
     BusDataMessage,
     BusMessage,
     WebSocketProxyClient,
+    WebSocketProxyServer,
     WorkerRunner,
     include_bus_proxy,
     runner_of,
@@ -35,13 +36,15 @@ pytestmark = pytest.mark.anyio
 
 FAST_RETRY = ReconnectPolicy(initial_delay=0.02, max_delay=0.1)
 PER_ROUND = 100  # messages each side sends between two cuts
-CUTS: list[tuple[Break, Break]] = [
+MODES: list[tuple[Break, Break]] = [
     ("fin", "fin"),
     ("rst", "rst"),
     ("fin", None),  # the server's side stays open: the resumed connection replaces it
     ("rst", "fin"),
-    (None, "rst"),  # the client's side stays open: its keepalive finds the link dead
 ]
+# Once more with the client's side left open: its keepalive finds the link dead (then
+# websockets waits its close timeout, 5 s, for a close that cannot come).
+CUTS = MODES * 5 + [(None, "rst")]
 
 
 @dataclass(kw_only=True)
@@ -109,6 +112,11 @@ class Client:
         self.resumed = 0
         self.lost: list[int] = []
         self.session_lost = asyncio.Event()
+        self.disconnected = asyncio.Event()
+
+        @self.proxy.event_handler("on_disconnected")
+        async def disconnected(proxy: WebSocketProxyClient, websocket: Any) -> None:
+            self.disconnected.set()
 
         @self.proxy.event_handler("on_resumed")
         async def resumed(proxy: WebSocketProxyClient) -> None:
@@ -210,3 +218,77 @@ async def test_a_restarted_server_is_a_lost_session_reported_with_its_count() ->
     assert client.proxy.stats.lost_unacknowledged == lost
     # ...and everything sent after it arrives, once, in order.
     assert second.received == list(range(50 + lost, 100))
+
+
+async def test_a_session_whose_grace_period_passed_is_given_up_and_counted() -> None:
+    server_counter = Counter("counter")
+    app = make_app(server_counter, resume_grace=0.5)
+    async with running_uvicorn(app) as server, running_relay(server.port) as relay:
+        async with Client(relay.url("/ws")) as client:
+            await wait_ready(client.runner, "counter")
+            gateway = runner_of(app).get_worker("gateway:client")
+            assert isinstance(gateway, WebSocketProxyServer)
+            # The client cannot come back: the server keeps what it sends meanwhile...
+            relay.refuse = True
+            relay.cut("rst", "rst")
+            await relay.wait_refused(1)
+            await server_counter.send_numbered("client", range(10))
+            # ...until the grace period is over: then it gives the session up, and says so.
+            await asyncio.wait_for(gateway.wait(), 10)
+            assert gateway.stats.sessions_lost == 1
+            assert gateway.stats.dropped == 10
+            relay.refuse = False
+            await asyncio.wait_for(client.session_lost.wait(), 10)
+            assert client.lost == [0]  # the client had nothing unacknowledged
+            await wait_ready(client.runner, "counter")
+            client.counter.total = 5
+            await server_counter.send_numbered("client", range(10, 15))
+            await asyncio.wait_for(client.counter.complete.wait(), 10)
+    assert client.counter.received == list(range(10, 15))
+
+
+async def test_a_client_that_leaves_on_purpose_ends_its_session() -> None:
+    server_counter = Counter("counter")
+    app = make_app(server_counter)
+    async with running_uvicorn(app) as server:
+        async with Client(server.url("/ws")) as client:
+            await wait_ready(client.runner, "counter")
+            first = client.proxy.session_id
+            gateway = runner_of(app).get_worker("gateway:client")
+            assert isinstance(gateway, WebSocketProxyServer)
+            assert first is not None
+            assert gateway.session_id == first
+            await client.counter.deactivate_worker("link")
+            # Closed with 1000: the server ends the session at once (no grace period)...
+            await asyncio.wait_for(gateway.wait(), 10)
+            await asyncio.wait_for(client.disconnected.wait(), 10)
+            assert gateway.stats.sessions_lost == 0
+            assert client.proxy.session_id is None
+            # ...and the next connection starts a new one, with no loss to report.
+            await client.counter.activate_worker("link")
+            await wait_ready(client.runner, "counter")
+            assert client.proxy.session_id not in (None, first)
+            assert client.lost == []
+            assert client.resumed == 0
+
+
+async def test_a_new_client_replaces_a_session_waiting_for_its_client() -> None:
+    server_counter = Counter("counter")
+    app = make_app(server_counter)  # duplicate_policy "refuse", for connected sessions
+    async with running_uvicorn(app) as server, running_relay(server.port) as relay:
+        async with Client(relay.url("/ws")) as gone:
+            await wait_ready(gone.runner, "counter")
+            gateway = runner_of(app).get_worker("gateway:client")
+            assert isinstance(gateway, WebSocketProxyServer)
+            relay.refuse = True
+            relay.cut("rst", "rst")
+            await relay.wait_refused(1)
+            # Another process (no session to resume) connects under the same name.
+            async with Client(server.url("/ws")) as newcomer:
+                await asyncio.wait_for(gateway.wait(), 10)
+                await wait_ready(newcomer.runner, "counter")
+                newcomer.counter.total = 3
+                await server_counter.send_numbered("client", range(3))
+                await asyncio.wait_for(newcomer.counter.complete.wait(), 10)
+                assert newcomer.counter.received == [0, 1, 2]
+                assert gateway.stats.sessions_lost == 1

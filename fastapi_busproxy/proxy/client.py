@@ -393,6 +393,9 @@ class WebSocketProxyClient(ProxyWorker):
                 self.stats.too_slow += 1
             if self.close_info.code == CloseCode.MESSAGE_TOO_BIG:
                 self.stats.oversized += 1
+            on_purpose = self.close_info.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
+            if link.protocol.session is not None and self.close_info.by_us and on_purpose:
+                self._end_session()
             level = logging.INFO if self.close_info.normal else logging.WARNING
             logger.log(
                 level,
@@ -404,6 +407,20 @@ class WebSocketProxyClient(ProxyWorker):
             )
             await self._call_event_handler("on_disconnected", connection)
         return info
+
+    def _end_session(self) -> None:
+        """We closed on purpose: the server ends the session too; start the next one afresh."""
+        assert self._resume is not None
+        previous = self._resume.session
+        lost = self._resume.lose()
+        if lost:
+            self.stats.lost_unacknowledged += lost
+            logger.warning(
+                "proxy %s: closed session %s with %d messages not yet acknowledged",
+                self.name,
+                previous,
+                lost,
+            )
 
     async def _session_outcome(self, outcome: SessionOutcome) -> None:
         if outcome.resumed:
