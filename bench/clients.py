@@ -20,6 +20,7 @@ import string
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -134,7 +135,13 @@ class BusLink:
     """A runner with a ``voice`` worker and a proxy client to ``/ws/<voice>`` on the bus server."""
 
     def __init__(
-        self, base_url: str, name: str, *, deflate: bool, serializer: str = "json"
+        self,
+        base_url: str,
+        name: str,
+        *,
+        deflate: bool,
+        serializer: str = "json",
+        **proxy_options: Any,
     ) -> None:
         self.name = name
         self.runner = WorkerRunner(name=f"bench-{name}")
@@ -147,8 +154,8 @@ class BusLink:
             active=True,
             compression="deflate" if deflate else None,
             serializer=make_serializer(serializer),
-            reconnect=ReconnectPolicy(max_attempts=3),
             open_timeout=OPEN_TIMEOUT,
+            **{"reconnect": ReconnectPolicy(max_attempts=3), **proxy_options},
         )
 
     @property

@@ -21,6 +21,7 @@ from bench.scenarios import (
     Context,
     Counts,
     Scenario,
+    cut,
     flood,
     imports,
     latency,
@@ -29,7 +30,7 @@ from bench.scenarios import (
     voice,
 )
 
-NAMES = ("import", "latency", "throughput", "links", "voice", "flood")
+NAMES = ("import", "latency", "throughput", "links", "voice", "flood", "cut")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,6 +88,8 @@ def build(args: argparse.Namespace, counts: Counts) -> list[Scenario]:
         chosen.append(voice.scenario(load, counts.voice_levels))
     if "flood" in args.only:
         chosen.append(flood.scenario())
+    if "cut" in args.only:
+        chosen.append(cut.scenario(counts.cut_messages, counts.cut_every, counts.throughput))
     return chosen
 
 
@@ -97,6 +100,8 @@ def servers_needed(args: argparse.Namespace) -> list[ServerSpec]:
     specs: list[ServerSpec] = []
     if args.only & {"latency", "throughput"}:
         specs += [ServerSpec(kind, d) for d in roundtrip for kind in ("echo", "bus")]
+    if "cut" in args.only:
+        specs += [ServerSpec("bus", False)]
     if "voice" in args.only:
         specs += [ServerSpec("echo", load)]
         specs += [ServerSpec("bus", load, serializer) for serializer in voice.flavours()]

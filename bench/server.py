@@ -42,13 +42,29 @@ BACKLOG = 4096
 
 class Echo(BaseWorker):
     """Sends every bench message back to the worker that sent it (one reply per caller), and
-    answers every job with its payload."""
+    answers every job with its payload.
+
+    For the ``cut`` scenario, the sequence numbers received from callers named ``cut-...`` are
+    tallied; the job ``tally`` (payload ``{"source": name}``) answers how many came, and how
+    many of them were new.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.tallies: dict[str, tuple[int, set[int]]] = {}
 
     async def on_job_request(self, message: BusJobRequestMessage) -> dict[str, Any]:
+        if message.job_name == "tally":
+            count, seen = self.tallies.get((message.payload or {}).get("source", ""), (0, set()))
+            return {"received": count, "unique": len(seen)}
         return {"echo": message.payload}
 
     async def on_bus_message(self, message: BusMessage) -> None:
         if isinstance(message, BENCH_TYPES):
+            if message.source.startswith("cut-"):
+                count, seen = self.tallies.setdefault(message.source, (0, set()))
+                seen.add(message.seq)
+                self.tallies[message.source] = (count + 1, seen)
             await self.send_bus_message(
                 dataclasses.replace(message, source=self.name, target=message.source)
             )

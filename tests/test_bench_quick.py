@@ -29,6 +29,7 @@ SCENARIOS = {
     "links[deflate=off]",
     "voice[deflate=off]",
     "flood[deflate=off]",
+    "cut[every=100]",
 }
 
 
@@ -77,6 +78,13 @@ def test_nothing_was_lost_or_reordered(quick_run) -> None:
     throughput = data["scenarios"]["throughput[deflate=off]"]["rounds"][0]
     sent = data["settings"]["counts"]["throughput"]
     assert throughput["baseline.messages"] == throughput["bus.messages"] == sent
+    cut = data["scenarios"]["cut[every=100]"]["rounds"][0]
+    counts = data["settings"]["counts"]
+    assert cut["resume.cuts"] == counts["cut_messages"] // counts["cut_every"] - 1
+    assert cut["resume.resumes"] >= 1
+    for direction in ("c2s", "s2c"):
+        assert cut[f"resume.{direction}_lost"] == 0
+        assert cut[f"resume.{direction}_duplicated"] == 0
     links = data["scenarios"]["links[deflate=off]"]["rounds"][0]
     for n in data["settings"]["counts"]["links"]:
         for who in ("baseline", "bus"):

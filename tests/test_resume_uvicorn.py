@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
+from bench.relay import Break, running_relay
 from fastapi_busproxy import (
     BaseWorker,
     BusDataMessage,
@@ -29,7 +30,6 @@ from fastapi_busproxy import (
     runner_of,
 )
 from fastapi_busproxy.proxy import ReconnectPolicy
-from tests.relay import Break, running_relay
 from tests.servers import running_uvicorn
 
 pytestmark = pytest.mark.anyio

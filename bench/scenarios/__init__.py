@@ -29,6 +29,8 @@ class Counts:
     voice_rate: int
     import_runs: int
     flood_jobs: int  # the polite peer's jobs, with and without a flooder
+    cut_messages: int  # messages sent through the relay per client kind
+    cut_every: int  # ...and how many between two cuts
     timeout: float  # hard limit of one round of a scenario, in seconds
 
     @classmethod
@@ -45,6 +47,8 @@ class Counts:
             voice_rate=50,
             import_runs=5,
             flood_jobs=300,
+            cut_messages=10_000,
+            cut_every=100,
             timeout=600.0,
         )
 
@@ -62,6 +66,8 @@ class Counts:
             voice_rate=50,
             import_runs=1,
             flood_jobs=30,
+            cut_messages=600,
+            cut_every=100,
             timeout=60.0,
         )
 
