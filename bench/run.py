@@ -12,6 +12,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+if sys.version_info < (3, 11):  # asyncio.TaskGroup, asyncio.timeout, asyncio.Runner
+    raise SystemExit("the benchmarks need Python 3.11 or newer (the library itself runs on 3.10)")
+
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
