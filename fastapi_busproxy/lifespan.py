@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection
 
+from ._tasks import TaskSet
 from .bus import InMemoryBus, WorkerBus
 from .closecodes import CloseCode
 from .exceptions import ConfigurationError
@@ -59,6 +60,9 @@ class _BusState:
     installed: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sessions: dict[str, Any] = field(default_factory=dict)  # remote worker name -> session
+    # Sessions that outlive their connection (waiting for their client to resume): each is
+    # released by a task of the app's when it ends.
+    keepers: TaskSet = field(default_factory=lambda: TaskSet("bus sessions"))
 
 
 def _state(app: Any) -> _BusState:
@@ -169,6 +173,7 @@ async def bus_lifespan(app: Any) -> AsyncIterator[None]:
             state.users -= 1
             if state.users == 0 and state.runner is not None:
                 await _shutdown(state.runner, state.settings.shutdown_timeout)
+                await state.keepers.cancel_all()  # ended with their proxies, or now
 
 
 async def _shutdown(runner: WorkerRunner, timeout: float) -> None:

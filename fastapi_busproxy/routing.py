@@ -60,6 +60,7 @@ from .proxy.framing import RESUME_HEADER, parse_resume_header
 from .proxy.server import WebSocketProxyServer
 from .runner import RunnerState, WorkerRunner
 from .serializers import MessageSerializer
+from .session import WorkerSession
 from .worker import BaseWorker
 
 __all__ = ["BusSession", "bus_proxy_router", "include_bus_proxy"]
@@ -261,6 +262,7 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
         await existing.done.wait()
     entry = _Session()
     state.sessions[remote] = entry
+    kept = False
     # The connection's proxy and session workers end together, and only together: a peer's
     # (or a session worker's) end() ends this session, never the app's runner.
     group = runner.new_session(f"{route.name}:{remote}#{next(_session_ids)}")
@@ -282,18 +284,39 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
         )
         entry.proxy = session.proxy = proxy
         await runner.add_workers(proxy, session=group)
-        await proxy.wait()
+        await proxy.wait_connection()
+        if proxy.session_open:
+            # The session outlives this connection (it waits for its client to resume): the
+            # app keeps it until it ends, and this endpoint returns, so that a dead
+            # connection holds neither its ASGI task nor the server's shutdown.
+            state.keepers.spawn(_release_when_over(state, remote, entry, group, proxy), name=remote)
+            kept = True
     except ConfigurationError:
         logger.exception("route %s could not start the session of %s", route.name, remote)
         if websocket.application_state.name == "CONNECTING":
             await _deny(websocket, 409)
     finally:
-        # The endpoint may be torn down by cancellation: free the name first (no await), then
-        # stop the session's workers in a shielded wait, so neither step is cut short.
-        if state.sessions.get(remote) is entry:
-            del state.sessions[remote]
-        try:
-            # Each worker stops in a task it owns, which goes on if we are cancelled here.
-            await asyncio.shield(group.cancel("session ended"))
-        finally:
-            entry.done.set()
+        if not kept:
+            await _release(state, remote, entry, group)
+
+
+async def _release_when_over(
+    state: Any, remote: str, entry: _Session, group: WorkerSession, proxy: WebSocketProxyServer
+) -> None:
+    try:
+        await proxy.wait()
+    finally:
+        await _release(state, remote, entry, group)
+
+
+async def _release(state: Any, remote: str, entry: _Session, group: WorkerSession) -> None:
+    """End a session: free its name, stop its workers."""
+    # The endpoint may be torn down by cancellation: free the name first (no await), then
+    # stop the session's workers in a shielded wait, so neither step is cut short.
+    if state.sessions.get(remote) is entry:
+        del state.sessions[remote]
+    try:
+        # Each worker stops in a task it owns, which goes on if we are cancelled here.
+        await asyncio.shield(group.cancel("session ended"))
+    finally:
+        entry.done.set()

@@ -183,9 +183,20 @@ class WorkerRunner(EventEmitter):
                 f"runner {self._name!r} is {self._state.value}: create a new runner"
             )
         seen: set[str] = set()
+        taken_over: set[BaseWorker] = set()
         for worker in workers:
             if not isinstance(worker, BaseWorker):
                 raise ConfigurationError(f"add_workers() takes workers, not {worker!r}")
+            existing = self.get_worker(worker.name)
+            # A worker may take a newcomer of its name over, or make way for it (a resumable
+            # proxy server and a reconnecting client: see WebSocketProxyServer).
+            if (
+                existing is not None
+                and worker.name not in seen
+                and await existing._make_way_for(worker)
+            ):
+                taken_over.add(worker)
+                continue
             if worker.name in seen or self.get_worker(worker.name) is not None:
                 raise DuplicateWorkerError(
                     f"a worker named {worker.name!r} is already in runner {self._name!r};"
@@ -193,6 +204,8 @@ class WorkerRunner(EventEmitter):
                 )
             seen.add(worker.name)
         for worker in workers:
+            if worker in taken_over:
+                continue
             joined = session
             if joined is None:
                 joined = self.new_session(worker.name) if worker._own_session else self._root

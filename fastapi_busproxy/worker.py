@@ -483,6 +483,12 @@ class BaseWorker(WorkerJobs, EventEmitter):
         else:
             await session.cancel(reason)
 
+    async def _make_way_for(self, newcomer: BaseWorker) -> bool:
+        """The runner's hook when ``newcomer`` is added under this worker's name: ``True``
+        when this worker took it over (it is not added); this worker may also finish to free
+        the name. By default neither: the runner refuses the newcomer."""
+        return False
+
     async def wait(self) -> None:
         """Wait until the worker has finished."""
         await self._finished.wait()

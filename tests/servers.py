@@ -36,14 +36,17 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def running_uvicorn(app: Any, port: int = 0, **options: Any) -> AsyncIterator[RunningServer]:
-    """Serve ``app`` on 127.0.0.1 (``port`` 0: a free one) until the block ends."""
+async def running_uvicorn(
+    app: Any, port: int = 0, *, plain: bool = False, **options: Any
+) -> AsyncIterator[RunningServer]:
+    """Serve ``app`` on 127.0.0.1 (``port`` 0: a free one) until the block ends; ``plain``
+    serves it with ``uvicorn.Server`` itself, as ``uvicorn app:app`` does."""
     sock = listening_socket(port)
     config = uvicorn.Config(
         app, log_level="warning", lifespan="on", ws="websockets-sansio", **options
     )
     # Our Server closes bus links with 1001 before uvicorn's own shutdown (1012).
-    server = Server(config, app)
+    server = uvicorn.Server(config) if plain else Server(config, app)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     port = sock.getsockname()[1]
     try:

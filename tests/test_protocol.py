@@ -331,7 +331,7 @@ def server_and_client() -> tuple[LinkProtocol, LinkProtocol]:
         now=100.0,
     )
     server.offer_upgrade(SUBPROTOCOL)
-    client.expect_upgrade(SUBPROTOCOL)
+    client.expect_upgrade((SUBPROTOCOL,))
     return server, client
 
 
@@ -385,7 +385,7 @@ def test_a_marker_for_another_format_is_refused_and_the_client_stays_plain() -> 
     # A marker naming another format is not an upgrade: it is refused like any bad input,
     # and the client stays plain.
     client = make()
-    client.expect_upgrade(SUBPROTOCOL)
+    client.expect_upgrade((SUBPROTOCOL,))
     other = make()
     other.offer_upgrade("busproxy.v1.msgpack")
     [marker] = drain_control(other)

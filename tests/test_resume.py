@@ -214,10 +214,15 @@ class Pair:
         return pair
 
     def send(self, side: LinkProtocol, messages: list[BusMessage]) -> bytes:
-        packed = side.pack(messages)
-        assert packed.data is not None
-        side.written(packed)
-        return packed.data
+        return send(side, messages)
+
+
+def send(side: LinkProtocol, messages: list[BusMessage]) -> bytes:
+    """Pack ``messages`` as ``side`` writes them: the WebSocket message."""
+    packed = side.pack(messages)
+    assert packed.data is not None
+    side.written(packed)
+    return packed.data
 
 
 def test_the_client_sends_nothing_numbered_before_the_welcome() -> None:
@@ -428,3 +433,94 @@ def test_numbered_frames_on_a_link_without_a_session_are_refused() -> None:
     assert plain.stats.rejected_by_reason == {"framing": 2}
     assert plain.close_info is None  # refused, counted, the link goes on
     assert [m.job_id for m in plain.receive_data(encode_message(good), 0.0)] == ["voice-0"]  # type: ignore[attr-defined]
+
+
+# -- an in-band upgrade to a resumable link (a socket the app accepted itself) ------------------
+
+
+def plain(local: str, remote: str, state: SessionState | None) -> LinkProtocol:
+    """A protocol on a connection accepted without a subprotocol (plain until upgraded)."""
+    return LinkProtocol(
+        name=local,
+        config=LinkConfig(),
+        stats=LinkStats(),
+        serializer=SERIALIZER,
+        rules=ForwardingRules.build(local_worker=local, remote_worker=remote),
+        framed=False,
+        now=0.0,
+        session=state,
+    )
+
+
+V2, V1 = subprotocols_for("json", resume=True)
+
+
+def in_band(client_state: SessionState, server_state: SessionState) -> tuple[LinkProtocol, ...]:
+    """Our client offered v2 and v1; the server upgrades to v2 in band and welcomes it."""
+    client = plain(CLIENT, SERVER, None)
+    client.expect_upgrade((V2, V1), client_state)
+    server_state.session = server_state.session or "s1"
+    server = plain(SERVER, CLIENT, server_state)
+    server.offer_upgrade(V2)
+    server.welcome(resumed=False)
+    return client, server
+
+
+def test_a_client_that_may_be_upgraded_holds_its_data_until_the_server_speaks() -> None:
+    client, server = in_band(SessionState(), SessionState())
+    # Sent plain before the upgrade, a message would be outside the session.
+    assert not client.can_send_data
+    marker, welcome = controls(server)
+    assert deliver(client, [marker]) == []
+    [answer] = controls(client)  # the client's answer: framed from here on
+    assert not client.can_send_data  # a session now, waiting for its welcome
+    assert client.session is not None
+    deliver(client, [welcome])
+    assert client.can_send_data
+    frame = send(client, [message(CLIENT, SERVER, 0)])
+    assert deliver(server, [answer, frame]) == ["voice-0"]
+    assert server.framed
+    assert client.framed
+
+
+def test_a_session_resumes_through_an_in_band_upgrade() -> None:
+    client_state, server_state = SessionState(), SessionState()
+    client, server = in_band(client_state, server_state)
+    deliver(client, controls(server))
+    deliver(server, controls(client))
+    # Two messages each way are written; the connection breaks before any arrives.
+    send(client, [message(CLIENT, SERVER, n) for n in (0, 1)])
+    send(server, [message(SERVER, CLIENT, n) for n in (0, 1)])
+    # A new connection, again accepted by the app: upgraded, resumed, replayed both ways.
+    client = plain(CLIENT, SERVER, None)
+    client.expect_upgrade((V2, V1), client_state)
+    server = plain(SERVER, CLIENT, server_state)
+    assert server_state.can_resume(client_state.delivered)
+    server.offer_upgrade(V2)
+    server.welcome(resumed=True, peer_delivered=client_state.delivered)
+    assert deliver(client, controls(server)) == ["worker-0", "worker-1"]
+    outcome = client.outcome
+    assert outcome is not None
+    assert outcome.resumed
+    assert deliver(server, controls(client)) == ["voice-0", "voice-1"]
+
+
+@pytest.mark.parametrize("first", ["plain message", "v1 marker"])
+def test_a_server_that_does_not_upgrade_to_v2_ends_the_earlier_session(first: str) -> None:
+    client_state = SessionState()
+    client_state.session = "s1"
+    client_state.record([b"never acknowledged"])
+    client = plain(CLIENT, SERVER, None)
+    client.expect_upgrade((V2, V1), client_state)
+    if first == "v1 marker":
+        server = plain(SERVER, CLIENT, None)
+        server.offer_upgrade(V1)
+        deliver(client, controls(server))
+    else:  # a reference server: its first message is its worker's readiness
+        deliver(client, [SERIALIZER.serialize(message(SERVER, CLIENT, 0))])
+    assert client.can_send_data  # no session here: plain (or v1) from now on
+    assert client.session is None
+    outcome = client.outcome
+    assert outcome is not None
+    assert (outcome.resumed, outcome.lost, outcome.previous) == (False, 1, "s1")
+    assert client.stats.sessions_lost == 1

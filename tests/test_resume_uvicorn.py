@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 
 from bench.relay import Break, running_relay
 from fastapi_busproxy import (
@@ -94,6 +94,36 @@ def make_app(server_counter: Counter, **options: Any) -> FastAPI:
     return app
 
 
+def make_hand_wired_app(server_counter: Counter, proxies: list[WebSocketProxyServer]) -> FastAPI:
+    """The reference page's form: the app accepts the socket itself (no subprotocol chosen)
+    and makes a proxy per connection under one name; ``resume_grace`` is the one addition."""
+    runner = WorkerRunner(name="server-runner", handle_sigint=False)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runner:
+            await runner.add_workers(server_counter)
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.websocket("/ws")
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        proxy = WebSocketProxyServer(
+            "gateway",
+            websocket=websocket,
+            worker_name="counter",
+            remote_worker_name="client",
+            resume_grace=30,
+        )
+        proxies.append(proxy)
+        await runner.add_workers(proxy)
+        await proxy.wait_connection()
+
+    return app
+
+
 class Client:
     def __init__(self, url: str) -> None:
         self.runner = WorkerRunner(name="client-runner", handle_sigint=False)
@@ -140,11 +170,25 @@ async def wait_ready(runner: WorkerRunner, name: str, timeout: float = 10.0) -> 
     await runner.registry.wait_ready(name, timeout)
 
 
-async def test_cut_connections_lose_nothing_duplicate_nothing_reorder_nothing() -> None:
+FORMS = ["include_bus_proxy", "hand-wired"]
+
+
+def make_form(form: str, counter: Counter, proxies: list[WebSocketProxyServer]) -> FastAPI:
+    return make_hand_wired_app(counter, proxies) if form == "hand-wired" else make_app(counter)
+
+
+def gateway_of(form: str, app: FastAPI, proxies: list[WebSocketProxyServer]) -> Any:
+    """The proxy that holds the session (the first connection's, in the hand-wired form)."""
+    return proxies[0] if form == "hand-wired" else runner_of(app).get_worker("gateway:client")
+
+
+@pytest.mark.parametrize("form", FORMS)
+async def test_cut_connections_lose_nothing_duplicate_nothing_reorder_nothing(form: str) -> None:
     server_counter = Counter("counter")
     total = PER_ROUND * (len(CUTS) * 2 + 1)
     server_counter.total = total
-    app = make_app(server_counter)
+    proxies: list[WebSocketProxyServer] = []
+    app = make_form(form, server_counter, proxies)
     async with running_uvicorn(app) as server, running_relay(server.port) as relay:
         async with Client(relay.url("/ws")) as client:
             client.counter.total = total
@@ -187,11 +231,20 @@ async def test_cut_connections_lose_nothing_duplicate_nothing_reorder_nothing() 
             assert client.resumed >= len(CUTS) - 1
             assert client.proxy.stats.resumes == client.resumed
             assert client.proxy.stats.sessions_lost == 0
+            if form == "hand-wired":
+                # One proxy kept the session; each reconnection's proxy followed it, and the
+                # link was upgraded in band every time.
+                assert proxies[0].stats.resumes == client.resumed
+                assert all(p.subprotocol == "busproxy.v2.json" for p in proxies[:1])
+                assert client.proxy.subprotocol is None
 
 
-async def test_a_restarted_server_is_a_lost_session_reported_with_its_count() -> None:
+@pytest.mark.parametrize("form", FORMS)
+async def test_a_restarted_server_is_a_lost_session_reported_with_its_count(form: str) -> None:
     first = Counter("counter")
-    async with running_uvicorn(make_app(first)) as server, running_relay(server.port) as relay:
+    proxies: list[WebSocketProxyServer] = []
+    app = make_form(form, first, proxies)
+    async with running_uvicorn(app) as server, running_relay(server.port) as relay:
         async with Client(relay.url("/ws")) as client:
             await wait_ready(client.runner, "counter")
             first.total = 50
@@ -203,7 +256,7 @@ async def test_a_restarted_server_is_a_lost_session_reported_with_its_count() ->
             # What the client writes before it notices is lost with the old session.
             relay.cut("rst", "rst")
             second = Counter("counter")
-            async with running_uvicorn(make_app(second)) as restarted:
+            async with running_uvicorn(make_form(form, second, [])) as restarted:
                 relay.target_port = restarted.port
                 await client.counter.send_numbered("counter", range(50, 100))
                 await asyncio.wait_for(client.session_lost.wait(), 10)
@@ -272,13 +325,17 @@ async def test_a_client_that_leaves_on_purpose_ends_its_session() -> None:
             assert client.resumed == 0
 
 
-async def test_a_new_client_replaces_a_session_waiting_for_its_client() -> None:
+@pytest.mark.parametrize("form", FORMS)
+async def test_a_new_client_replaces_a_session_waiting_for_its_client(form: str) -> None:
     server_counter = Counter("counter")
-    app = make_app(server_counter)  # duplicate_policy "refuse", for connected sessions
+    proxies: list[WebSocketProxyServer] = []
+    # include_bus_proxy: duplicate_policy "refuse", for connected sessions; hand-wired: one
+    # proxy name for every connection.
+    app = make_form(form, server_counter, proxies)
     async with running_uvicorn(app) as server, running_relay(server.port) as relay:
         async with Client(relay.url("/ws")) as gone:
             await wait_ready(gone.runner, "counter")
-            gateway = runner_of(app).get_worker("gateway:client")
+            gateway = gateway_of(form, app, proxies)
             assert isinstance(gateway, WebSocketProxyServer)
             relay.refuse = True
             relay.cut("rst", "rst")
@@ -292,3 +349,27 @@ async def test_a_new_client_replaces_a_session_waiting_for_its_client() -> None:
                 await asyncio.wait_for(newcomer.counter.complete.wait(), 10)
                 assert newcomer.counter.received == [0, 1, 2]
                 assert gateway.stats.sessions_lost == 1
+
+
+@pytest.mark.parametrize("form", FORMS)
+async def test_a_session_waiting_for_its_client_does_not_hold_the_server_shutdown(
+    form: str,
+) -> None:
+    """Served as ``uvicorn app:app`` does (no close of the links before shutdown): the
+    endpoint of a dead connection has returned, so uvicorn's shutdown does not wait out the
+    30 s grace period (running_uvicorn gives it 15 s); the session ends with the app."""
+    server_counter = Counter("counter")
+    proxies: list[WebSocketProxyServer] = []
+    app = make_form(form, server_counter, proxies)
+    async with running_uvicorn(app, plain=True) as server, running_relay(server.port) as relay:
+        async with Client(relay.url("/ws")) as client:
+            await wait_ready(client.runner, "counter")
+            gateway = gateway_of(form, app, proxies)
+            assert isinstance(gateway, WebSocketProxyServer)
+            relay.refuse = True
+            relay.cut("rst", "rst")
+            await relay.wait_refused(1)
+            await asyncio.wait_for(gateway.wait_connection(), 10)
+            assert gateway.detached
+    assert gateway.finished
+    assert gateway.stats.sessions_lost == 1

@@ -166,7 +166,10 @@ class ProxyWorker(BaseWorker):
         framed: bool,
         app_keepalive: bool,
         session: SessionState | None = None,
+        resumable: bool = False,
     ) -> Link:
+        """A link on ``transport``; ``session`` makes it resumable from the start,
+        ``resumable`` says it may become so (an in-band upgrade)."""
         config = self.link_config
         if app_keepalive != config.app_keepalive:
             from dataclasses import replace
@@ -183,8 +186,8 @@ class ProxyWorker(BaseWorker):
             stats=self.stats,
             config=config,
             session=session,
-            on_outcome=self._session_outcome if session is not None else None,
-            on_drained=self._drained if session is not None else None,
+            on_outcome=self._session_outcome if resumable or session is not None else None,
+            on_drained=self._drained if resumable or session is not None else None,
         )
 
     def _drained(self) -> None:

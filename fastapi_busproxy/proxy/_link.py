@@ -189,11 +189,12 @@ class Link:
         clock = self._clock
         deliver = self._deliver
         outbox = self.outbox
-        resumable = protocol.session is not None
         loop = asyncio.get_running_loop()
         while True:
             data = await receive()
             messages = protocol.receive_data(data, clock())
+            # A link becomes resumable when the server upgrades it in band.
+            resumable = protocol.session is not None
             for message in messages:
                 try:
                     await deliver(message)
@@ -209,12 +210,14 @@ class Link:
                     protocol.delivered_one()
             if protocol.closing:
                 raise _ProtocolClosed
+            outcome = protocol.outcome
+            if outcome is not None:
+                protocol.outcome = None
+                if self._on_outcome is not None:
+                    await self._on_outcome(outcome)
             if resumable:
                 if protocol.ack_after_delivery():
                     loop.call_later(ACK_DELAY, self._ack_timer)
-                outcome, protocol.outcome = protocol.outcome, None
-                if outcome is not None and self._on_outcome is not None:
-                    await self._on_outcome(outcome)
                 on_drained = self._on_drained
                 if on_drained is not None and not outbox and protocol.drained:
                     on_drained()
@@ -234,7 +237,6 @@ class Link:
         send = self.transport.send
         outbox = self.outbox
         protocol = self.protocol
-        resumable = protocol.session is not None
         while True:
             control = protocol.next_control()
             if control is not None:
@@ -254,6 +256,7 @@ class Link:
                 await outbox.wait_signal()
                 continue
             packed = protocol.pack(outbox.peek(protocol.batch_limit))
+            resumable = protocol.session is not None
             if resumable:
                 # Numbered and in the replay buffer now: if the write fails, the next
                 # connection of the session sends them again.

@@ -348,7 +348,15 @@ class WebSocketProxyClient(ProxyWorker):
         self.subprotocol = connection.subprotocol
         framed = self.subprotocol is not None and self.subprotocol in offered
         resumable = framed and is_resumable(self.subprotocol)
-        if not resumable and self._resume is not None and self._resume.session is not None:
+        # A server that accepted without a subprotocol may still upgrade in band, and take
+        # the session up then (see LinkProtocol.expect_upgrade).
+        in_band = bool(offered) and not framed
+        if (
+            not resumable
+            and not in_band
+            and self._resume is not None
+            and self._resume.session is not None
+        ):
             # A server that no longer offers resume: the session cannot go on.
             previous = self._resume.session
             lost = self._resume.lose()
@@ -360,10 +368,10 @@ class WebSocketProxyClient(ProxyWorker):
             framed=framed,
             app_keepalive=False,
             session=self._resume if resumable else None,
+            resumable=in_band and self._resume is not None,
         )
-        if offered and not framed:
-            # A server that accepted without a subprotocol may still upgrade in band (v1).
-            link.protocol.expect_upgrade(offered[-1])
+        if in_band:
+            link.protocol.expect_upgrade(offered, self._resume)
         self._link = link
         if self._connections:
             self.stats.reconnects += 1

@@ -54,6 +54,7 @@ from .framing import (
     encode_sequenced,
     encode_upgrade,
     encode_welcome,
+    is_resumable,
     parse_upgrade,
 )
 from .resume import SessionState
@@ -205,7 +206,10 @@ class LinkProtocol:
         self.rules = rules
         self.send_framed = framed  # what we write is framed
         self.receive_framed = framed  # what we read is framed
-        self._upgrade_expected: str | None = None  # client: the subprotocol it offered
+        self._upgrade_expected: tuple[str, ...] = ()  # client: the subprotocols it offered
+        # Client: the session a resumable in-band upgrade takes up; while it is pending, no
+        # data goes out (see expect_upgrade).
+        self._upgrade_session: SessionState | None = None
         self._awaiting_upgrade_ack = False  # server: upgraded in band, the client not yet
         self.close_info: CloseInfo | None = None
         # Frames that go ahead of queued messages: announcements, pongs, pings. Made on first
@@ -251,10 +255,19 @@ class LinkProtocol:
         self.send_framed = True
         self._awaiting_upgrade_ack = True
 
-    def expect_upgrade(self, subprotocol: str) -> None:
-        """Client side, on a plain connection after offering ``subprotocol``: a server that
-        accepted without choosing it may still upgrade in band."""
-        self._upgrade_expected = subprotocol
+    def expect_upgrade(self, offered: Sequence[str], session: SessionState | None = None) -> None:
+        """Client side, on a plain connection after offering ``offered``: a server that
+        accepted without choosing one may still upgrade in band, to any of them.
+
+        With ``session``, an upgrade to a resumable subprotocol takes the session up (the
+        server's welcome follows its marker), and no data goes out until the server has
+        spoken: sent plain, it would be outside the session (neither numbered nor kept for
+        replay) and would overtake what the session replays. The first thing the server
+        sends decides: its marker, or a plain message (a server that does not upgrade; an
+        earlier session then cannot go on, see :attr:`outcome`).
+        """
+        self._upgrade_expected = tuple(offered)
+        self._upgrade_session = session
 
     def welcome(self, *, resumed: bool, peer_delivered: int = 0) -> None:
         """Server side, first on a resumable link: tell the client its session (in
@@ -263,7 +276,9 @@ class LinkProtocol:
         session = self.session
         assert session is not None
         assert session.session is not None
-        assert self._control is None, "the welcome goes out before anything else"
+        assert self._control is None or (
+            self._awaiting_upgrade_ack and len(self._control) == 1
+        ), "the welcome goes out before anything else (but an in-band upgrade's marker)"
         self._awaiting_welcome = False
         self.queue_control(encode_welcome(Welcome(session.session, resumed, session.delivered)))
         if resumed:
@@ -295,7 +310,9 @@ class LinkProtocol:
         """Queued messages may go out: not waiting for the welcome, and (on a resumable
         link) the replay buffer has room."""
         session = self.session
-        return session is None or (not self._awaiting_welcome and session.window_open)
+        if session is None:
+            return self._upgrade_session is None
+        return not self._awaiting_welcome and session.window_open
 
     @property
     def drained(self) -> bool:
@@ -350,18 +367,17 @@ class LinkProtocol:
                 self._awaiting_upgrade_ack = False
                 self.receive_framed = True
                 return []
-            if (
-                self._upgrade_expected is not None
-                and data.startswith(UPGRADE_ACK[:2])
-                and parse_upgrade(data) == self._upgrade_expected
-            ):
-                # Framed from the server on; our answer goes ahead of anything queued later,
-                # and what we send after it is framed.
-                self._upgrade_expected = None
-                self.receive_framed = True
-                self.queue_control(UPGRADE_ACK)
-                self.send_framed = True
-                return []
+            if self._upgrade_expected:
+                upgrade = parse_upgrade(data) if data.startswith(UPGRADE_ACK[:2]) else None
+                if upgrade is not None and upgrade in self._upgrade_expected:
+                    # Framed from the server on; our answer goes ahead of anything queued
+                    # later, and what we send after it is framed.
+                    self.receive_framed = True
+                    self.queue_control(UPGRADE_ACK)
+                    self.send_framed = True
+                    self._upgraded(upgrade)
+                    return []
+                self._upgraded(None)
             message = self._accept(data)
             return [message] if message is not None else []
         try:
@@ -455,6 +471,26 @@ class LinkProtocol:
             self._protocol_error(f"acknowledgement of {seq}, beyond the {session.sent} sent")
             return False
         return True
+
+    def _upgraded(self, subprotocol: str | None) -> None:
+        """Client side: the server's first message upgraded the link to ``subprotocol`` in
+        band, or (``None``) did not."""
+        self._upgrade_expected = ()
+        session, self._upgrade_session = self._upgrade_session, None
+        if session is None:
+            return
+        if is_resumable(subprotocol):
+            self.session = session
+            self._awaiting_welcome = True
+            self._expect = session.delivered + 1
+            self._acked_out = session.delivered
+        elif session.session is not None:
+            # Not resumable here: the earlier session cannot go on.
+            previous = session.session
+            lost = session.lose()
+            self.stats.sessions_lost += 1
+            self.stats.lost_unacknowledged += lost
+            self.outcome = SessionOutcome("", False, lost, previous)
 
     def _receive_welcome(self, welcome: Welcome) -> None:
         session = self.session

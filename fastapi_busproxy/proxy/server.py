@@ -8,16 +8,18 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from .._flag import Flag
 from ..closecodes import CloseCode
 from ..exceptions import ConfigurationError
 from ..messages import BusMessage
 from ..registry import WorkerReadyData
 from ..serializers import MessageSerializer
+from ..worker import BaseWorker
 from ._base import ProxyWorker
 from ._link import Link
 from ._outbox import Outbox
 from ._transport import StarletteTransport
-from .framing import choose_subprotocol, is_resumable
+from .framing import RESUME_HEADER, choose_subprotocol, is_resumable, parse_resume_header
 from .protocol import CloseInfo, LinkConfig
 from .resume import DEFAULT_REPLAY_BUFFER, SessionState
 
@@ -70,7 +72,11 @@ class WebSocketProxyServer(ProxyWorker):
         resume_grace: seconds a resumable session outlives its connection (``None``, the
             default: the proxy ends with its connection). The plugin's routes set it from
             the settings (30 s) and hand a reconnecting client its session back
-            (:meth:`resume`); a client of ours then negotiates the resumable subprotocol.
+            (:meth:`resume`); a client of ours then negotiates the resumable subprotocol
+            (in band on a socket the app accepted). In the reference page's form, the proxy
+            a reconnecting client's endpoint makes under the same name is taken over by the
+            one that kept the session (see ``docs/concepts.md``); the endpoint waits on
+            :meth:`wait_connection`.
         replay_buffer_size: bytes sent and kept until acknowledged on a resumable link.
 
     A resumable session whose connection broke (no close frame, keepalive timeout, a peer too
@@ -154,14 +160,54 @@ class WebSocketProxyServer(ProxyWorker):
         self._ending = False  # stopping, or the session given up: no more detaching
         self._grace_timer: asyncio.TimerHandle | None = None
         self._link_task: asyncio.Task[None] | None = None
+        # Hand-wired form: the proxy of the session this connection resumed (it serves the
+        # connection; this one only follows it).
+        self._leader: WebSocketProxyServer | None = None
+        self._connection_ended = Flag()
 
     # -- sessions -----------------------------------------------------------------------------
 
     @property
     def session_id(self) -> str | None:
         """The resumable session's id, once a client of ours negotiated one."""
+        if self._leader is not None:
+            return self._leader.session_id
         session = self._resume
         return session.session if session is not None else None
+
+    @property
+    def session_open(self) -> bool:
+        """The session goes on (its client away, or on another connection): neither given
+        up, closed nor finished."""
+        return not self._ending and not self.finished
+
+    async def wait_connection(self) -> None:
+        """Wait until the connection this proxy serves has ended.
+
+        Without ``resume_grace`` the proxy finishes with its connection, as :meth:`wait`
+        says. With it, the session may outlive the connection (it waits for its client in
+        the runner, which gives it up after the grace period or stops it with the app): an
+        endpoint waits here, not in :meth:`wait`, so that a dead connection does not keep
+        its ASGI task (and the server's shutdown) waiting for the grace period.
+        """
+        if self._leader is not None or self._resume is None:
+            await self.wait()
+            return
+        waits = [
+            asyncio.ensure_future(self._connection_ended.wait()),
+            asyncio.ensure_future(self.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    @property
+    def connected(self) -> bool:
+        if self._leader is not None:
+            return self._leader.connected and self._leader.websocket is self.websocket
+        return super().connected
 
     @property
     def detached(self) -> bool:
@@ -186,14 +232,23 @@ class WebSocketProxyServer(ProxyWorker):
         A connection the session still has (half-open: the client saw it break first) is
         closed with 4002. Returns when the new connection ends.
         """
+        task = await self._take_connection(websocket, peer_delivered)
+        if task is not None:
+            await asyncio.wait((task,))
+
+    async def _take_connection(
+        self, websocket: Any, peer_delivered: int
+    ) -> asyncio.Task[None] | None:
+        """Resume on ``websocket``: its link's task, or ``None`` when it was refused."""
         subprotocol = choose_subprotocol(
             websocket.scope.get("subprotocols") or (), self.serializer.content_type, resume=True
         )
-        if _not_accepted(websocket):
+        in_band = not _not_accepted(websocket)  # accepted by the app: upgrade in band
+        if not in_band:
             await websocket.accept(subprotocol=subprotocol)
         if not is_resumable(subprotocol):
             await websocket.close(CloseCode.PROTOCOL_ERROR, "resuming needs the v2 subprotocol")
-            return
+            return None
         old = self._link_task
         if self._link is not None:
             await self._link.close(CloseCode.SESSION_REPLACED, "resumed on a new connection")
@@ -201,20 +256,59 @@ class WebSocketProxyServer(ProxyWorker):
             await asyncio.wait((old,))
         if not self.can_resume(self.session_id or "", peer_delivered):
             await websocket.close(CloseCode.TRY_AGAIN_LATER, "session ended meanwhile")
-            return
+            return None
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
         self.websocket = websocket
         self.subprotocol = subprotocol
         self.stats.resumes += 1
-        task = self._connect(websocket, resumed=True, peer_delivered=peer_delivered)
+        task = self._connect(
+            websocket, in_band=in_band, resumed=True, peer_delivered=peer_delivered
+        )
         entry = self.runner.registry.entry(self.worker_name)
         link = self._link
         if entry is not None and link is not None:
             self._announce(link, entry)
         await self._call_event_handler("on_client_resumed", websocket)
-        await asyncio.wait((task,))
+        return task
+
+    # -- the hand-wired form: a reconnecting client's new proxy --------------------------------
+
+    async def _make_way_for(self, newcomer: BaseWorker) -> bool:
+        # The endpoint of the reference page makes a proxy per connection under one name. A
+        # client of ours reconnecting to resume this session: this proxy serves its new
+        # connection, and the newcomer follows it (its wait() returns when that connection
+        # ends). Anyone else replaces a session that waits for its client.
+        if not isinstance(newcomer, WebSocketProxyServer) or self._resume is None:
+            return False
+        headers = getattr(newcomer.websocket, "headers", None)
+        resume = parse_resume_header(headers.get(RESUME_HEADER) if headers else None)
+        if (
+            resume is not None
+            and newcomer.worker_name == self.worker_name
+            and newcomer.remote_worker_name == self.remote_worker_name
+            and self.can_resume(*resume)
+        ):
+            newcomer._leader = self
+            newcomer.stats = self.stats
+            self.spawn(self._serve_follower(newcomer, resume[1]), name="resume")
+            return True
+        if self.detached:
+            logger.info("proxy %s: a new client replaces the waiting session", self.name)
+            await self.end_session("replaced by a new connection")
+        return False
+
+    async def _serve_follower(self, follower: WebSocketProxyServer, peer_delivered: int) -> None:
+        try:
+            task = await self._take_connection(follower.websocket, peer_delivered)
+            if task is not None:
+                await follower._call_event_handler("on_client_connected", follower.websocket)
+                await asyncio.wait((task,))
+                follower.close_info = self.close_info
+                await follower._call_event_handler("on_client_disconnected", follower.websocket)
+        finally:
+            follower._finished.set()
 
     async def end_session(self, reason: str) -> None:
         """Give the session up now (a detached one, replaced by a new client); the proxy
@@ -238,6 +332,11 @@ class WebSocketProxyServer(ProxyWorker):
     def _give_up(self, reason: str) -> None:
         if self._ending:
             return
+        self._lose_session(reason)
+        self.spawn(self._cancel_now(reason), name="give-up")
+
+    def _lose_session(self, reason: str) -> None:
+        """The detached session ends without its client: count and log what it held."""
         self._ending = True
         if self._grace_timer is not None:
             self._grace_timer.cancel()
@@ -258,7 +357,6 @@ class WebSocketProxyServer(ProxyWorker):
             self.remote_worker_name,
         )
         self._link_down()
-        self.spawn(self._cancel_now(reason), name="give-up")
 
     def _hold(self, message: BusMessage) -> None:
         # No connection to write to (or one closing): a resumable session keeps the message
@@ -273,16 +371,30 @@ class WebSocketProxyServer(ProxyWorker):
     # -- connections --------------------------------------------------------------------------
 
     def _connect(
-        self, websocket: Any, *, resumed: bool = False, peer_delivered: int = 0
+        self,
+        websocket: Any,
+        *,
+        in_band: bool = False,
+        resumed: bool = False,
+        peer_delivered: int = 0,
     ) -> asyncio.Task[None]:
-        """Run a link on the accepted ``websocket`` in a task of the proxy's."""
-        framed = self.subprotocol is not None
-        session = self._resume if is_resumable(self.subprotocol) else None
+        """Run a link on the accepted ``websocket`` in a task of the proxy's: framed in
+        :attr:`subprotocol` (from the handshake, or ``in_band`` after our marker; see
+        :mod:`.framing`), plain without one."""
+        subprotocol = self.subprotocol
+        session = self._resume if is_resumable(subprotocol) else None
         link = self._new_link(
-            StarletteTransport(websocket), framed=framed, app_keepalive=framed, session=session
+            StarletteTransport(websocket),
+            framed=subprotocol is not None and not in_band,
+            app_keepalive=subprotocol is not None,
+            session=session,
         )
+        if in_band:
+            assert subprotocol is not None
+            link.protocol.offer_upgrade(subprotocol)
         if session is not None:
             link.protocol.welcome(resumed=resumed, peer_delivered=peer_delivered)
+        self._connection_ended.clear()
         self._link = link
         task = self._link_task = self.spawn(self._run_link(link), name="link")
         return task
@@ -292,28 +404,18 @@ class WebSocketProxyServer(ProxyWorker):
         websocket = self.websocket
         offered = list(websocket.scope.get("subprotocols") or ())
         content_type = self.serializer.content_type
-        in_band = False
+        self.subprotocol = choose_subprotocol(
+            offered, content_type, resume=self._resume is not None
+        )
+        # Accepted by the app without a subprotocol (the reference page's form): if our
+        # client offered one, upgrade in band (see .framing).
+        in_band = self.subprotocol is not None and not _not_accepted(websocket)
         if _not_accepted(websocket):
-            self.subprotocol = choose_subprotocol(
-                offered, content_type, resume=self._resume is not None
-            )
             await websocket.accept(subprotocol=self.subprotocol)
-        else:
-            # The app accepted without a subprotocol (the reference page's form); if our
-            # client offered one, upgrade in band (see .framing).
-            self.subprotocol = choose_subprotocol(offered, content_type)
-            in_band = self.subprotocol is not None
         if is_resumable(self.subprotocol):
             assert self._resume is not None
             self._resume.session = secrets.token_urlsafe(16)
-        if in_band:
-            assert self.subprotocol is not None
-            link = self._new_link(StarletteTransport(websocket), framed=False, app_keepalive=True)
-            link.protocol.offer_upgrade(self.subprotocol)
-            self._link = link
-            self._link_task = self.spawn(self._run_link(link), name="link")
-        else:
-            self._connect(websocket)
+        self._connect(websocket, in_band=in_band)
         await self.watch_workers(self.worker_name)
         client = websocket.scope.get("client")
         logger.info(
@@ -371,6 +473,7 @@ class WebSocketProxyServer(ProxyWorker):
                     left += self._resume.lose()
                 self.stats.dropped += left
                 _log_close(f"{self.name} (peer {self.peer})", self.close_info, left)
+            self._connection_ended.set()
             await self._call_event_handler("on_client_disconnected", self.websocket)
         if not keep:
             await self._cancel_now("connection closed")
@@ -378,8 +481,11 @@ class WebSocketProxyServer(ProxyWorker):
     async def stop(self) -> None:
         """Stop the proxy: the connection closes with 1001.
 
-        Called from outside, it stops the proxy (as for every worker). Idempotent.
+        Called from outside, it stops the proxy (as for every worker); a session waiting
+        for its client is given up. Idempotent.
         """
+        if self.detached and not self._ending:
+            self._lose_session("proxy stopped")
         self._ending = True
         if self._grace_timer is not None:
             self._grace_timer.cancel()
@@ -391,6 +497,11 @@ class WebSocketProxyServer(ProxyWorker):
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection with ``code``; the proxy (and its session) then finishes."""
+        leader = self._leader
+        if leader is not None:
+            if leader.websocket is self.websocket:
+                await leader.close(code, reason)
+            return
         if self.detached:
             self._give_up(reason or f"closed with {code}")
             return
