@@ -132,7 +132,8 @@ class Voice(BaseWorker):
 
 
 class BusLink:
-    """A runner with a ``voice`` worker and a proxy client to ``/ws/<voice>`` on the bus server."""
+    """A runner with a ``voice`` worker and a proxy client to ``/<route>/<voice>`` on the bus
+    server (``ws``: ``include_bus_proxy``; ``hand``: the reference page's endpoint)."""
 
     def __init__(
         self,
@@ -141,6 +142,7 @@ class BusLink:
         *,
         deflate: bool,
         serializer: str = "json",
+        route: str = "ws",
         **proxy_options: Any,
     ) -> None:
         self.name = name
@@ -148,7 +150,7 @@ class BusLink:
         self.voice = Voice(name)
         self.proxy = WebSocketProxyClient(
             f"proxy-{name}",
-            url=f"{base_url}/ws/{name}",
+            url=f"{base_url}/{route}/{name}",
             remote_worker_name="echo",
             local_worker_name=name,
             active=True,

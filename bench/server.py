@@ -29,6 +29,7 @@ from fastapi_busproxy import (
     BaseWorker,
     BusJobRequestMessage,
     BusMessage,
+    WebSocketProxyServer,
     include_bus_proxy,
     runner_of,
 )
@@ -98,6 +99,23 @@ def bus_app(serializer: str) -> FastAPI:
         remote_worker_name=lambda session: session.path_params["caller"],
         serializer=make_serializer(serializer),
     )
+
+    @app.websocket("/hand/{caller}")
+    async def hand_wired(websocket: WebSocket, caller: str) -> None:
+        # The reference page's form: the app accepts, no subprotocol chosen (our client's
+        # link is upgraded in band), with resume_grace.
+        await websocket.accept()
+        proxy = WebSocketProxyServer(
+            f"hand:{caller}",
+            websocket=websocket,
+            worker_name="echo",
+            remote_worker_name=caller,
+            serializer=make_serializer(serializer),
+            resume_grace=30,
+        )
+        await runner_of(app).add_workers(proxy)
+        await proxy.wait_connection()
+
     return app
 
 
