@@ -26,7 +26,8 @@ class Outbox:
             raise ConfigurationError(f"outbox_max_age must be > 0 seconds or None, not {max_age}")
         self.max_size = max_size
         self.max_age = max_age
-        self._items: deque[tuple[float, BusMessage]] = deque()
+        # Made on first put and dropped when emptied: an idle link holds no deque block.
+        self._items: deque[tuple[float, BusMessage]] | None = None
         self._signal = Flag()  # set on every put and notify()
         self._room = Flag()
         self._room.set()
@@ -34,34 +35,42 @@ class Outbox:
         self.expired = 0  # dropped because they waited longer than max_age
 
     def __len__(self) -> int:
-        return len(self._items)
+        items = self._items
+        return len(items) if items else 0
 
     @property
     def full(self) -> bool:
-        return len(self._items) >= self.max_size
+        return len(self) >= self.max_size
+
+    def _queue(self) -> deque[tuple[float, BusMessage]]:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        return items
 
     def put_nowait(self, message: BusMessage) -> bool:
         """Queue ``message`` if there is room; ``False`` if full."""
-        if len(self._items) >= self.max_size:
+        if len(self) >= self.max_size:
             self._room.clear()
             return False
-        self._items.append((time.monotonic(), message))
+        self._queue().append((time.monotonic(), message))
         self._signal.set()
         return True
 
     def put_dropping_oldest(self, message: BusMessage) -> int:
         """Queue ``message``, dropping the oldest ones if full; returns how many were dropped."""
+        items = self._queue()
         dropped = 0
-        while len(self._items) >= self.max_size:
-            self._items.popleft()
+        while len(items) >= self.max_size:
+            items.popleft()
             dropped += 1
         self.overflowed += dropped
-        self._items.append((time.monotonic(), message))
+        items.append((time.monotonic(), message))
         self._signal.set()
         return dropped
 
     async def wait_for_room(self) -> None:
-        while len(self._items) >= self.max_size:
+        while len(self) >= self.max_size:
             self._room.clear()
             await self._room.wait()
 
@@ -76,13 +85,16 @@ class Outbox:
 
     def expire(self) -> int:
         """Drop messages older than ``max_age``; returns how many."""
-        if self.max_age is None or not self._items:
+        items = self._items
+        if self.max_age is None or not items:
             return 0
         limit = time.monotonic() - self.max_age
         dropped = 0
-        while self._items and self._items[0][0] < limit:
-            self._items.popleft()
+        while items and items[0][0] < limit:
+            items.popleft()
             dropped += 1
+        if not items:
+            self._items = None
         self.expired += dropped
         if dropped:
             self._room.set()
@@ -90,19 +102,25 @@ class Outbox:
 
     def peek(self, count: int) -> list[BusMessage]:
         items = self._items
+        if not items:
+            return []
         if count == 1 or len(items) == 1:
-            return [items[0][1]] if items else []
+            return [items[0][1]]
         return [items[i][1] for i in range(min(count, len(items)))]
 
     def pop(self, count: int) -> None:
         items = self._items
+        if not items:
+            return
         for _ in range(min(count, len(items))):
             items.popleft()
+        if not items:
+            self._items = None
         if len(items) < self.max_size:
             self._room.set()
 
     def clear(self) -> int:
-        count = len(self._items)
-        self._items.clear()
+        count = len(self)
+        self._items = None
         self._room.set()
         return count

@@ -187,6 +187,40 @@ class LinkProtocol:
             first (:meth:`welcome`).
     """
 
+    # A server holds one per connection: slots instead of an instance dict (about 1 KiB).
+    __slots__ = (
+        "_ack_timer_set",
+        "_acked_out",
+        "_awaiting_upgrade_ack",
+        "_awaiting_welcome",
+        "_bad_in_a_row",
+        "_control",
+        "_expect",
+        "_in_flight",
+        "_in_flight_done",
+        "_in_flight_last",
+        "_keepalive",
+        "_last_received",
+        "_logged_refusals",
+        "_next_ping",
+        "_owed_bytes",
+        "_pending_pongs",
+        "_upgrade_expected",
+        "_upgrade_session",
+        "_write_started",
+        "close_info",
+        "config",
+        "name",
+        "outcome",
+        "receive_framed",
+        "rules",
+        "send_framed",
+        "serializer",
+        "session",
+        "stats",
+        "tick_interval",
+    )
+
     def __init__(
         self,
         *,
@@ -629,8 +663,11 @@ class LinkProtocol:
         return control[0] if control else None
 
     def control_written(self) -> None:
-        assert self._control
-        data = self._control.popleft()
+        control = self._control
+        assert control
+        data = control.popleft()
+        if not control:
+            self._control = None  # an empty deque still holds a block (about 700 bytes)
         if data[0] == FrameKind.PONG and self.send_framed:
             self._pending_pongs -= 1
 

@@ -50,7 +50,8 @@ class SessionState:
         self.next_seq = 1  # our next message's sequence number
         self.peer_acked = 0  # the highest of ours the peer acknowledged
         self.delivered = 0  # the highest of the peer's we delivered
-        self._replay: deque[tuple[int, bytes]] = deque()
+        # Made on first use and dropped when empty: an idle session holds no deque block.
+        self._replay: deque[tuple[int, bytes]] | None = None
         self.replay_bytes = 0
 
     @property
@@ -61,7 +62,8 @@ class SessionState:
     @property
     def unacknowledged(self) -> int:
         """Messages sent that the peer has not acknowledged."""
-        return len(self._replay)
+        replay = self._replay
+        return len(replay) if replay else 0
 
     @property
     def window_open(self) -> bool:
@@ -73,6 +75,8 @@ class SessionState:
         first = self.next_seq
         seq = first
         replay = self._replay
+        if replay is None:
+            replay = self._replay = deque()
         size = 0
         for payload in payloads:
             replay.append((seq, payload))
@@ -94,6 +98,8 @@ class SessionState:
         freed = 0
         while replay and replay[0][0] <= seq:
             freed += len(replay.popleft()[1])
+        if not replay:
+            self._replay = None
         self.replay_bytes -= freed
         return True
 
@@ -108,13 +114,13 @@ class SessionState:
                 f"peer delivered {peer_delivered}, outside {self.peer_acked}..{self.sent}"
             )
         self.acknowledge(peer_delivered)
-        return list(self._replay)
+        return list(self._replay or ())
 
     def lose(self) -> int:
         """The session is gone: forget it and start over; returns how many messages sent were
         never acknowledged (delivered or not, nobody can tell)."""
-        lost = len(self._replay)
-        self._replay.clear()
+        lost = self.unacknowledged
+        self._replay = None
         self.replay_bytes = 0
         self.session = None
         self.next_seq = 1
