@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from fastapi_busproxy import (
     WebSocketProxyClient,
     WebSocketProxyServer,
     WorkerRunner,
+    include_bus_proxy,
+    runner_of,
 )
 from fastapi_busproxy.proxy import ReconnectPolicy
 from tests.servers import running_uvicorn
@@ -574,3 +577,72 @@ async def test_a_socket_the_app_accepted_itself_is_upgraded_in_band_for_our_clie
             assert proxy.stats.frames_out < proxy.stats.messages_out
             assert gateway.stats.frames_out < gateway.stats.messages_out
             assert proxy.stats.rejected == gateway.stats.rejected == 0
+
+
+def _tasks_by_coroutine() -> Counter[str]:
+    return Counter(task.get_coro().__qualname__ for task in asyncio.all_tasks())  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("form", ["include_bus_proxy", "hand-wired"])
+async def test_a_server_connection_costs_two_tasks_besides_the_endpoints(form: str) -> None:
+    """The endpoint's task reads (it runs the link); the proxy's worker delivery and the
+    link's writer are the only tasks a connection adds, idle or not."""
+    from websockets.asyncio.client import connect
+
+    runner = WorkerRunner(name="server-runner", handle_sigint=False)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if form == "hand-wired":
+            async with runner:
+                await runner.add_workers(BaseWorker("assistant"))
+                yield
+        else:
+            await runner_of(app).add_workers(BaseWorker("assistant"))
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    if form == "hand-wired":
+
+        @app.websocket("/ws/{caller}")
+        async def endpoint(websocket: WebSocket, caller: str) -> None:
+            await websocket.accept()
+            proxy = WebSocketProxyServer(
+                f"gateway:{caller}",
+                websocket=websocket,
+                worker_name="assistant",
+                remote_worker_name=caller,
+                resume_grace=30,
+            )
+            await runner.add_workers(proxy)
+            await proxy.wait_connection()
+
+    else:
+        include_bus_proxy(
+            app,
+            "/ws/{caller}",
+            "assistant",
+            remote_worker_name=lambda session: session.path_params["caller"],
+        )
+    count = 5
+    async with running_uvicorn(app) as server:
+        before = _tasks_by_coroutine()
+        clients = []
+        try:
+            for i in range(count):
+                client = await connect(
+                    server.url(f"/ws/voice{i}"),
+                    subprotocols=["busproxy.v2.json", "busproxy.v1.json"],  # type: ignore[list-item]
+                    ping_interval=None,
+                )
+                clients.append(client)
+                await asyncio.wait_for(client.recv(), 10)  # the server's first frame: it is up
+            added = dict(_tasks_by_coroutine() - before)
+            assert added == {
+                "WebSocketsSansIOProtocol.run_asgi": count,  # uvicorn's: the endpoint's task
+                "Subscription._run": count,
+                "Link._send_pump": count,
+            }, added
+        finally:
+            for client in clients:
+                await client.close()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..closecodes import CloseCode
 from ..exceptions import BusError
@@ -75,7 +77,9 @@ class Link:
         self._write_lock = asyncio.Lock()
         self._wrote_direct = False  # a direct write happened in this turn of the event loop
         self._running = False
-        self._pumps: list[asyncio.Task[None]] = []
+        self._reader: asyncio.Task[Any] | None = None  # the task in run(): it reads
+        self._sender: asyncio.Task[None] | None = None  # the link's own task: it writes
+        self._interrupted = False  # run()'s task was cancelled by the link itself, to stop
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -117,47 +121,53 @@ class Link:
     async def run(self) -> CloseInfo:
         """Move messages until the connection closes; return why it closed.
 
+        The caller's task reads (the receive loop runs in it); one task of the link's writes.
         Cancelling closes the connection with 1001 (going away).
         """
         loop = asyncio.get_running_loop()
         protocol = self.protocol
+        current = asyncio.current_task()
+        assert current is not None
+        self._reader = current
         self._running = True
-        tasks = [
-            loop.create_task(self._receive_pump(), name=f"{self.name}:receive"),
-            loop.create_task(self._send_pump(), name=f"{self.name}:send"),
-        ]
-        self._pumps = tasks
+        sender = loop.create_task(self._send_pump(), name=f"{self.name}:send")
+        sender.add_done_callback(self._sender_ended)
+        self._sender = sender
         self._timer = loop.call_later(protocol.tick_interval, self._tick)
+        ended: BaseException | None = None
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self._receive_pump()
         except asyncio.CancelledError:
-            protocol.close(CloseCode.GOING_AWAY, "proxy stopped")
-            raise
+            if not self._interrupted or _still_cancelled(current):
+                protocol.close(CloseCode.GOING_AWAY, "proxy stopped")
+                raise
+        except Exception as exc:
+            ended = exc
         finally:
+            self._reader = None  # before any await here: no interrupt lands in this block
             self._running = False
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
+            sender.remove_done_callback(self._sender_ended)
+            sender.cancel()
+            await asyncio.wait((sender,))
             if protocol.close_info is None:
-                self._record_outcome(tasks)
+                self._record_outcome(ended, sender)
             info = protocol.close_info
             assert info is not None
             if info.by_us:
                 await self._close_transport(info.code, info.reason)
         return info
 
-    def _record_outcome(self, tasks: list[asyncio.Task[None]]) -> None:
+    def _record_outcome(self, received: BaseException | None, sender: asyncio.Task[None]) -> None:
         protocol = self.protocol
-        for task in tasks:
-            if not task.done() or task.cancelled():
-                continue
-            exc = task.exception()
+        sent = None if sender.cancelled() else sender.exception()
+        for exc in (received, sent):
             if isinstance(exc, PeerClosed):
                 protocol.peer_closed(exc.code, exc.reason)
                 return
+        for exc in (received, sent):
             if exc is not None and not isinstance(exc, _ProtocolClosed):
                 logger.error("link %s: internal error, closing with 1011", self.name, exc_info=exc)
                 protocol.close(CloseCode.INTERNAL_ERROR, "internal error", error=exc)
@@ -165,7 +175,7 @@ class Link:
         protocol.close(CloseCode.INTERNAL_ERROR, "link ended unexpectedly")
 
     def _tick(self) -> None:
-        """The protocol's timer: check its deadlines; stop the pumps if it decided to close."""
+        """The protocol's timer: check its deadlines; stop the link if it decided to close."""
         self._timer = None
         protocol = self.protocol
         protocol.tick(self._clock())
@@ -176,10 +186,22 @@ class Link:
             self.outbox.notify()  # a ping to write
         self._timer = asyncio.get_running_loop().call_later(protocol.tick_interval, self._tick)
 
+    def _sender_ended(self, sender: asyncio.Task[None]) -> None:
+        # The writer ended (the peer closed, the protocol decided to close, or a fault):
+        # stop reading too.
+        self._interrupt()
+
     def _abort(self) -> None:
-        """End :meth:`run` from outside the pumps (the protocol holds the reason)."""
-        for task in self._pumps:
-            task.cancel()
+        """End :meth:`run` from outside its loops (the protocol holds the reason)."""
+        if self._sender is not None:
+            self._sender.cancel()
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        reader = self._reader
+        if reader is not None and not self._interrupted:
+            self._interrupted = True
+            reader.cancel()
 
     # -- receive ------------------------------------------------------------------------------
 
@@ -312,3 +334,11 @@ class Link:
                 await send(data)
             finally:
                 self.protocol.write_finished()
+
+
+def _still_cancelled(task: asyncio.Task[Any]) -> bool:
+    """After the link cancelled ``task`` itself: whether someone else cancelled it too (3.11+
+    counts cancellations; on 3.10 the link's own is the only one it can tell)."""
+    if sys.version_info >= (3, 11):
+        return task.uncancel() > 0
+    return False

@@ -159,7 +159,9 @@ class WebSocketProxyServer(ProxyWorker):
         )
         self._ending = False  # stopping, or the session given up: no more detaching
         self._grace_timer: asyncio.TimerHandle | None = None
-        self._link_task: asyncio.Task[None] | None = None
+        # A link made and not yet run: the endpoint's task runs it (wait_connection()), or
+        # else a task of the proxy's (see start()).
+        self._unclaimed: Link | None = None
         # Hand-wired form: the proxy of the session this connection resumed (it serves the
         # connection; this one only follows it).
         self._leader: WebSocketProxyServer | None = None
@@ -182,7 +184,12 @@ class WebSocketProxyServer(ProxyWorker):
         return not self._ending and not self.finished
 
     async def wait_connection(self) -> None:
-        """Wait until the connection this proxy serves has ended.
+        """Serve the connection until it ends: the endpoint's call.
+
+        Called by the endpoint right after ``add_workers``, it runs the connection in the
+        endpoint's own task (as Starlette's ``WebSocketEndpoint`` does; otherwise a task of
+        the proxy's runs it), and cancelling it closes the connection with 1001, as
+        cancelling the endpoint would. Called later, or elsewhere, it only waits.
 
         Without ``resume_grace`` the proxy finishes with its connection, as :meth:`wait`
         says. With it, the session may outlive the connection (it waits for its client in
@@ -190,18 +197,14 @@ class WebSocketProxyServer(ProxyWorker):
         endpoint waits here, not in :meth:`wait`, so that a dead connection does not keep
         its ASGI task (and the server's shutdown) waiting for the grace period.
         """
+        link = self._unclaimed
+        if link is not None:
+            await self._serve(link)
+            return
         if self._leader is not None or self._resume is None:
             await self.wait()
             return
-        waits = [
-            asyncio.ensure_future(self._connection_ended.wait()),
-            asyncio.ensure_future(self.wait()),
-        ]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        await self._connection_ended.wait()  # also set when the proxy stops
 
     @property
     def connected(self) -> bool:
@@ -232,14 +235,13 @@ class WebSocketProxyServer(ProxyWorker):
         A connection the session still has (half-open: the client saw it break first) is
         closed with 4002. Returns when the new connection ends.
         """
-        task = await self._take_connection(websocket, peer_delivered)
-        if task is not None:
-            await asyncio.wait((task,))
+        link = await self._take_connection(websocket, peer_delivered)
+        if link is not None:
+            await self._serve(link)
 
-    async def _take_connection(
-        self, websocket: Any, peer_delivered: int
-    ) -> asyncio.Task[None] | None:
-        """Resume on ``websocket``: its link's task, or ``None`` when it was refused."""
+    async def _take_connection(self, websocket: Any, peer_delivered: int) -> Link | None:
+        """Resume on ``websocket``: its link, for the caller to run (:meth:`_serve`), or
+        ``None`` when it was refused."""
         subprotocol = choose_subprotocol(
             websocket.scope.get("subprotocols") or (), self.serializer.content_type, resume=True
         )
@@ -249,11 +251,9 @@ class WebSocketProxyServer(ProxyWorker):
         if not is_resumable(subprotocol):
             await websocket.close(CloseCode.PROTOCOL_ERROR, "resuming needs the v2 subprotocol")
             return None
-        old = self._link_task
         if self._link is not None:
             await self._link.close(CloseCode.SESSION_REPLACED, "resumed on a new connection")
-        if old is not None:
-            await asyncio.wait((old,))
+            await self._connection_ended.wait()
         if not self.can_resume(self.session_id or "", peer_delivered):
             await websocket.close(CloseCode.TRY_AGAIN_LATER, "session ended meanwhile")
             return None
@@ -263,15 +263,14 @@ class WebSocketProxyServer(ProxyWorker):
         self.websocket = websocket
         self.subprotocol = subprotocol
         self.stats.resumes += 1
-        task = self._connect(
+        link = self._connect(
             websocket, in_band=in_band, resumed=True, peer_delivered=peer_delivered
         )
         entry = self.runner.registry.entry(self.worker_name)
-        link = self._link
-        if entry is not None and link is not None:
+        if entry is not None:
             self._announce(link, entry)
         await self._call_event_handler("on_client_resumed", websocket)
-        return task
+        return link
 
     # -- the hand-wired form: a reconnecting client's new proxy --------------------------------
 
@@ -301,10 +300,10 @@ class WebSocketProxyServer(ProxyWorker):
 
     async def _serve_follower(self, follower: WebSocketProxyServer, peer_delivered: int) -> None:
         try:
-            task = await self._take_connection(follower.websocket, peer_delivered)
-            if task is not None:
+            link = await self._take_connection(follower.websocket, peer_delivered)
+            if link is not None:
                 await follower._call_event_handler("on_client_connected", follower.websocket)
-                await asyncio.wait((task,))
+                await self._serve(link)
                 follower.close_info = self.close_info
                 await follower._call_event_handler("on_client_disconnected", follower.websocket)
         finally:
@@ -377,8 +376,8 @@ class WebSocketProxyServer(ProxyWorker):
         in_band: bool = False,
         resumed: bool = False,
         peer_delivered: int = 0,
-    ) -> asyncio.Task[None]:
-        """Run a link on the accepted ``websocket`` in a task of the proxy's: framed in
+    ) -> Link:
+        """The link on the accepted ``websocket``, for :meth:`_serve`: framed in
         :attr:`subprotocol` (from the handshake, or ``in_band`` after our marker; see
         :mod:`.framing`), plain without one."""
         subprotocol = self.subprotocol
@@ -395,9 +394,24 @@ class WebSocketProxyServer(ProxyWorker):
         if session is not None:
             link.protocol.welcome(resumed=resumed, peer_delivered=peer_delivered)
         self._connection_ended.clear()
-        self._link = link
-        task = self._link_task = self.spawn(self._run_link(link), name="link")
-        return task
+        self._link = self._unclaimed = link
+        return link
+
+    async def _serve(self, link: Link) -> None:
+        """Run ``link`` in the calling task, unless a task already runs it: then wait for its
+        connection to end."""
+        if self._unclaimed is not link:
+            await self._connection_ended.wait()
+            return
+        self._unclaimed = None
+        await self._run_link(link)
+
+    def _run_unclaimed(self, link: Link) -> None:
+        # No endpoint runs the connection in its own task (it called wait(), or nothing):
+        # a task of the proxy's does.
+        if self._unclaimed is link:
+            self._unclaimed = None
+            self.spawn(self._run_link(link), name="link")
 
     async def start(self) -> None:
         await super().start()
@@ -415,7 +429,7 @@ class WebSocketProxyServer(ProxyWorker):
         if is_resumable(self.subprotocol):
             assert self._resume is not None
             self._resume.session = secrets.token_urlsafe(16)
-        self._connect(websocket, in_band=in_band)
+        link = self._connect(websocket, in_band=in_band)
         await self.watch_workers(self.worker_name)
         client = websocket.scope.get("client")
         logger.info(
@@ -429,6 +443,9 @@ class WebSocketProxyServer(ProxyWorker):
             self.remote_worker_name,
         )
         await self._call_event_handler("on_client_connected", websocket)
+        # The endpoint that added the proxy runs its connection, in the endpoint's own task,
+        # when it calls wait_connection() at once; else a task of the proxy's, made now.
+        asyncio.get_running_loop().call_soon(self._run_unclaimed, link)
 
     async def on_worker_ready(self, data: WorkerReadyData) -> None:
         link = self._link
@@ -475,8 +492,9 @@ class WebSocketProxyServer(ProxyWorker):
                 _log_close(f"{self.name} (peer {self.peer})", self.close_info, left)
             self._connection_ended.set()
             await self._call_event_handler("on_client_disconnected", self.websocket)
-        if not keep:
-            await self._cancel_now("connection closed")
+            if not keep:
+                # Also when the task running the link (an endpoint's) is cancelled.
+                await self._cancel_now("connection closed")
 
     async def stop(self) -> None:
         """Stop the proxy: the connection closes with 1001.
@@ -494,6 +512,7 @@ class WebSocketProxyServer(ProxyWorker):
         link = self._link
         if link is not None:
             await link.close(CloseCode.GOING_AWAY, "proxy stopped")
+        self._connection_ended.set()
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection with ``code``; the proxy (and its session) then finishes."""
