@@ -38,6 +38,27 @@ class _ProtocolClosed(Exception):
 
 
 class Link:
+    # A server holds one per connection: slots instead of an instance dict.
+    __slots__ = (
+        "_clock",
+        "_deliver",
+        "_interrupted",
+        "_on_drained",
+        "_on_outcome",
+        "_reader",
+        "_running",
+        "_sender",
+        "_timer",
+        "_write_lock",
+        "_wrote_direct",
+        "config",
+        "name",
+        "outbox",
+        "protocol",
+        "stats",
+        "transport",
+    )
+
     def __init__(
         self,
         *,
