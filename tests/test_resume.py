@@ -116,6 +116,10 @@ def test_sequenced_ack_and_welcome_frames_round_trip() -> None:
         pytest.param(b'\x06{"session": 1, "resumed": true, "received": 0}', id="welcome-types"),
         pytest.param(b'\x06{"session": "s", "resumed": true, "received": -1}', id="negative"),
         pytest.param(b'\x06{"session": "s"}', id="welcome-missing"),
+        pytest.param(
+            b'\x06{"session": "s", "resumed": true, "received": 0, "window": -1}',
+            id="welcome-window",
+        ),
     ],
 )
 def test_broken_v2_frames_are_framing_errors(data: bytes) -> None:
@@ -232,7 +236,7 @@ def test_the_client_sends_nothing_numbered_before_the_welcome() -> None:
     assert not pair.client.can_send_data
     pair.server.welcome(resumed=False)
     [welcome] = controls(pair.server)
-    assert decode_frame(welcome).welcome == Welcome("s1", False, 0)
+    assert decode_frame(welcome).welcome == Welcome("s1", False, 0, window=server_state.limit)
     deliver(pair.client, [welcome])
     assert pair.client.can_send_data
     assert client_state.session == "s1"
@@ -524,3 +528,57 @@ def test_a_server_that_does_not_upgrade_to_v2_ends_the_earlier_session(first: st
     assert outcome is not None
     assert (outcome.resumed, outcome.lost, outcome.previous) == (False, 1, "s1")
     assert client.stats.sessions_lost == 1
+
+
+# -- flow control: the receive window -----------------------------------------------------------
+
+
+def test_the_welcome_gives_the_client_the_servers_window() -> None:
+    client_state, server_state = SessionState(), SessionState(MIN_REPLAY_BUFFER)
+    pair = Pair.open(client_state, server_state)
+    assert client_state.peer_window == MIN_REPLAY_BUFFER
+    # The client's own buffer is 1 MiB; it sends no more than the server takes.
+    big = BusJobRequestMessage(
+        source=CLIENT, target=SERVER, job_id="big", payload={"x": "y" * MIN_REPLAY_BUFFER}
+    )
+    send(pair.client, [big])
+    assert not pair.client.can_send_data
+    assert client_state.replay_bytes < client_state.limit
+
+
+def test_what_is_let_in_before_earlier_messages_are_delivered_is_acknowledged_in_order() -> None:
+    client_state, server_state = SessionState(), SessionState()
+    pair = Pair.open(client_state, server_state)
+    first = send(pair.client, [message(CLIENT, SERVER, n) for n in range(3)])
+    second = send(pair.client, [message(CLIENT, SERVER, n) for n in range(3, 5)])
+    # The server reads both frames while its bus is still busy with the first.
+    assert len(pair.server.receive_data(first, 0.0)) == 3
+    assert len(pair.server.receive_data(second, 0.0)) == 2
+    assert server_state.delivered == 0
+    assert pair.server.undelivered_bytes > 0
+    seen = []
+    for _ in range(5):
+        pair.server.delivered_one()
+        seen.append(server_state.delivered)
+    assert seen == [1, 2, 3, 4, 5]
+    assert pair.server.undelivered_bytes == 0
+    pair.server.ack_timer()
+    [ack] = controls(pair.server)
+    assert decode_frame(ack).token == 5
+
+
+def test_a_peer_that_sends_beyond_the_window_is_closed_with_1002() -> None:
+    client_state, server_state = SessionState(), SessionState(MIN_REPLAY_BUFFER)
+    pair = Pair.open(client_state, server_state)
+    client_state.peer_window = None  # a client that ignores the server's window
+    chunk = BusJobRequestMessage(
+        source=CLIENT, target=SERVER, job_id="c", payload={"x": "y" * 60_000}
+    )
+    frames = [send(pair.client, [chunk]) for _ in range(30)]  # 1.8 MB, nothing delivered
+    for frame in frames:
+        pair.server.receive_data(frame, 0.0)
+        if pair.server.closing:
+            break
+    info = pair.server.close_info
+    assert info is not None
+    assert info.code == CloseCode.PROTOCOL_ERROR

@@ -26,10 +26,13 @@ from fastapi_busproxy import (
     WebSocketProxyClient,
     WebSocketProxyServer,
     WorkerRunner,
+    configure_bus,
     include_bus_proxy,
     runner_of,
 )
 from fastapi_busproxy.proxy import ReconnectPolicy
+from fastapi_busproxy.proxy.resume import MIN_REPLAY_BUFFER
+from fastapi_busproxy.settings import BusProxySettings
 from tests.servers import running_uvicorn
 
 pytestmark = pytest.mark.anyio
@@ -373,3 +376,68 @@ async def test_a_session_waiting_for_its_client_does_not_hold_the_server_shutdow
             assert gateway.detached
     assert gateway.finished
     assert gateway.stats.sessions_lost == 1
+
+
+@dataclass(kw_only=True)
+class Padded(Numbered):
+    pad: str = ""
+
+
+class Answerer(BaseWorker):
+    """Answers every Padded message to its sender, four times as large."""
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if isinstance(message, Padded):
+            await self.send_bus_message(
+                Padded(source=self.name, target=message.source, n=message.n, pad=message.pad * 4)
+            )
+        await super().on_bus_message(message)
+
+
+async def test_a_link_reads_acknowledgements_while_the_bus_pushes_back() -> None:
+    """Flow control both ways at once: a client sends as fast as it can to a worker whose
+    answers are four times larger, through queues of 8 and the smallest replay windows. To
+    take in the client's window of requests, the server must send four windows of answers,
+    so it waits for the client's acknowledgements while its worker waits for room toward the
+    client: the server's link must read them on while the bus pushes back on its delivery
+    (a link that read only as fast as it delivered would stall for good, and be closed as
+    too slow). Every answer arrives, once, in order."""
+    settings = BusProxySettings(
+        bus_queue_size=8, send_queue_size=8, replay_buffer_size=MIN_REPLAY_BUFFER
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runner_of(app).add_workers(Answerer("counter"))
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    configure_bus(app, settings=settings)
+    include_bus_proxy(app, "/ws", "counter", remote_worker_name="client")
+    total = 2000
+    pad = "x" * 512
+    async with running_uvicorn(app) as server:
+        runner = WorkerRunner(name="client-runner", handle_sigint=False)
+        client = Counter("client")
+        client.total = total
+        proxy = WebSocketProxyClient(
+            "link",
+            url=server.url("/ws"),
+            remote_worker_name="counter",
+            local_worker_name="client",
+            active=True,
+            send_queue_size=8,
+            replay_buffer_size=MIN_REPLAY_BUFFER,
+            compression=None,  # alike messages would compress to nothing
+        )
+        async with runner:
+            await runner.add_workers(client, proxy)
+            await wait_ready(runner, "counter")
+            for n in range(total):
+                message = Padded(source="client", target="counter", n=n, pad=pad)
+                await client.send_bus_message(message)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(client.complete.wait(), 30)
+            assert client.report(total) == {"lost": 0, "duplicated": 0, "reordered": 0}
+            assert proxy.stats.too_slow == 0
+            assert proxy.stats.reconnects == 0

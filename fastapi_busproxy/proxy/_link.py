@@ -15,6 +15,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,6 +43,8 @@ class Link:
     __slots__ = (
         "_clock",
         "_deliver",
+        "_deliverer",
+        "_inbound",
         "_interrupted",
         "_on_drained",
         "_on_outcome",
@@ -101,6 +104,10 @@ class Link:
         self._reader: asyncio.Task[Any] | None = None  # the task in run(): it reads
         self._sender: asyncio.Task[None] | None = None  # the link's own task: it writes
         self._interrupted = False  # run()'s task was cancelled by the link itself, to stop
+        # A resumable link's messages let in and not yet delivered, and the task delivering
+        # them (made when there are some).
+        self._inbound: deque[BusMessage] | None = None
+        self._deliverer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -156,10 +163,12 @@ class Link:
         self._sender = sender
         self._timer = loop.call_later(protocol.tick_interval, self._tick)
         ended: BaseException | None = None
+        stopped = False
         try:
             await self._receive_pump()
         except asyncio.CancelledError:
             if not self._interrupted or _still_cancelled(current):
+                stopped = True
                 protocol.close(CloseCode.GOING_AWAY, "proxy stopped")
                 raise
         except Exception as exc:
@@ -173,6 +182,14 @@ class Link:
             sender.remove_done_callback(self._sender_ended)
             sender.cancel()
             await asyncio.wait((sender,))
+            deliverer = self._deliverer
+            if deliverer is not None:
+                # What was let in is delivered (within send_timeout), unless we are stopped:
+                # a resumable peer sends again what was not.
+                if not stopped:
+                    await asyncio.wait((deliverer,), timeout=self.config.send_timeout)
+                deliverer.cancel()
+                await asyncio.wait((deliverer,))
             if protocol.close_info is None:
                 self._record_outcome(ended, sender)
             info = protocol.close_info
@@ -230,7 +247,6 @@ class Link:
         receive = self.transport.receive
         protocol = self.protocol
         clock = self._clock
-        deliver = self._deliver
         outbox = self.outbox
         loop = asyncio.get_running_loop()
         while True:
@@ -238,19 +254,15 @@ class Link:
             messages = protocol.receive_data(data, clock())
             # A link becomes resumable when the server upgrades it in band.
             resumable = protocol.session is not None
-            for message in messages:
-                try:
-                    await deliver(message)
-                except BusError as exc:
-                    self.stats.dropped += 1
-                    logger.warning(
-                        "link %s: could not deliver %s: %s",
-                        self.name,
-                        type(message).__name__,
-                        exc,
-                    )
-                if resumable:
-                    protocol.delivered_one()
+            if resumable:
+                # Delivered by a task of the link's, so that this loop reads on (the peer's
+                # acknowledgements) while the bus pushes back: the peer sends no more than
+                # our receive window unacknowledged, so what waits here is bounded by it.
+                if messages:
+                    self._queue_inbound(messages)
+            else:
+                for message in messages:
+                    await self._deliver_one(message)
             if protocol.closing:
                 raise _ProtocolClosed
             outcome = protocol.outcome
@@ -259,7 +271,7 @@ class Link:
                 if self._on_outcome is not None:
                     await self._on_outcome(outcome)
             if resumable:
-                if protocol.ack_after_delivery():
+                if protocol.ack_after_delivery():  # refused messages count as delivered
                     loop.call_later(ACK_DELAY, self._ack_timer)
                 on_drained = self._on_drained
                 if on_drained is not None and not outbox and protocol.drained:
@@ -267,6 +279,41 @@ class Link:
                 outbox.notify()  # an acknowledgement to write, or room in the send window
             elif protocol.next_control() is not None:
                 outbox.notify()  # a pong to write
+
+    async def _deliver_one(self, message: BusMessage) -> None:
+        try:
+            await self._deliver(message)
+        except BusError as exc:
+            self.stats.dropped += 1
+            logger.warning(
+                "link %s: could not deliver %s: %s", self.name, type(message).__name__, exc
+            )
+
+    def _queue_inbound(self, messages: list[BusMessage]) -> None:
+        inbound = self._inbound
+        if inbound is None:
+            inbound = self._inbound = deque()
+        inbound.extend(messages)
+        if self._deliverer is None:
+            self._deliverer = asyncio.get_running_loop().create_task(
+                self._deliver_queued(inbound), name=f"{self.name}:deliver"
+            )
+
+    async def _deliver_queued(self, inbound: deque[BusMessage]) -> None:
+        """Deliver what a resumable link let in, in order; acknowledge as it goes. Runs
+        while there is something to deliver."""
+        protocol = self.protocol
+        loop = asyncio.get_running_loop()
+        try:
+            while inbound:
+                await self._deliver_one(inbound.popleft())
+                protocol.delivered_one()
+                if protocol.ack_after_delivery():
+                    loop.call_later(ACK_DELAY, self._ack_timer)
+                if protocol.next_control() is not None:
+                    self.outbox.notify()  # an acknowledgement to write
+        finally:
+            self._deliverer = None
 
     def _ack_timer(self) -> None:
         protocol = self.protocol

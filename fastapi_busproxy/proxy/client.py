@@ -18,7 +18,13 @@ from ..serializers import MessageSerializer
 from ._base import ProxyWorker
 from ._outbox import Outbox
 from ._transport import WebsocketsTransport
-from .framing import RESUME_HEADER, format_resume_header, is_resumable, subprotocols_for
+from .framing import (
+    RESUME_HEADER,
+    WINDOW_HEADER,
+    format_resume_header,
+    is_resumable,
+    subprotocols_for,
+)
 from .protocol import CloseInfo, LinkConfig, SessionOutcome
 from .reconnect import ReconnectPolicy
 from .resume import DEFAULT_REPLAY_BUFFER, SessionState
@@ -305,6 +311,9 @@ class WebSocketProxyClient(ProxyWorker):
                 RESUME_HEADER: format_resume_header(session.session, session.delivered),
             }
         offered = self._offered()
+        if session is not None and offered:
+            # What the server may send us unacknowledged (see framing.WINDOW_HEADER).
+            headers = {**(headers or {}), WINDOW_HEADER: str(session.limit)}
         try:
             return await connect(
                 self.url,

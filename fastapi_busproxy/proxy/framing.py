@@ -60,6 +60,7 @@ __all__ = [
     "SUBPROTOCOL_PREFIX",
     "SUBPROTOCOL_PREFIX_V2",
     "UPGRADE_ACK",
+    "WINDOW_HEADER",
     "Welcome",
     "choose_subprotocol",
     "decode_frame",
@@ -75,6 +76,7 @@ __all__ = [
     "is_resumable",
     "parse_resume_header",
     "parse_upgrade",
+    "parse_window_header",
     "subprotocol_for",
     "subprotocols_for",
 ]
@@ -82,6 +84,9 @@ __all__ = [
 SUBPROTOCOL_PREFIX = "busproxy.v1."
 SUBPROTOCOL_PREFIX_V2 = "busproxy.v2."
 RESUME_HEADER = "x-busproxy-resume"
+WINDOW_HEADER = "x-busproxy-window"
+"""The client's receive window on a resumable link, in bytes (the server's is in its welcome):
+what the other side may send unacknowledged. A receiver reads on while it delivers, up to it."""
 
 _LENGTH = struct.Struct(">I")
 _TOKEN = struct.Struct(">Q")
@@ -119,6 +124,7 @@ class Welcome:
     session: str
     resumed: bool
     received: int  # the highest of the client's sequence numbers the server delivered
+    window: int = 0  # bytes the client may send unacknowledged (0: not said)
 
 
 def subprotocol_for(content_type: str | None, *, version: int = 1) -> str | None:
@@ -155,6 +161,14 @@ def choose_subprotocol(
 
 def format_resume_header(session: str, received: int) -> str:
     return f"{session} {received}"
+
+
+def parse_window_header(value: str | None) -> int | None:
+    """The client's receive window, or ``None`` if absent or not a positive integer."""
+    if not value or not value.isdigit() or len(value) > 19:
+        return None
+    window = int(value)
+    return window if window > 0 else None
 
 
 def parse_resume_header(value: str | None) -> tuple[str, int] | None:
@@ -223,7 +237,13 @@ def encode_ack(seq: int) -> bytes:
 
 
 def encode_welcome(welcome: Welcome) -> bytes:
-    body = {"session": welcome.session, "resumed": welcome.resumed, "received": welcome.received}
+    body: dict[str, object] = {
+        "session": welcome.session,
+        "resumed": welcome.resumed,
+        "received": welcome.received,
+    }
+    if welcome.window:
+        body["window"] = welcome.window
     return b"\x06" + json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -246,6 +266,7 @@ def _decode_welcome(body: bytes) -> Welcome:
     try:
         fields = json.loads(body)
         session, resumed, received = fields["session"], fields["resumed"], fields["received"]
+        window = fields.get("window", 0)
     except (ValueError, TypeError, KeyError) as exc:
         raise FramingError(f"bad welcome: {exc}") from None
     if (
@@ -255,9 +276,12 @@ def _decode_welcome(body: bytes) -> Welcome:
         or not isinstance(received, int)
         or isinstance(received, bool)
         or not 0 <= received <= _MAX_SEQ
+        or not isinstance(window, int)
+        or isinstance(window, bool)
+        or not 0 <= window <= _MAX_SEQ
     ):
         raise FramingError("bad welcome: wrong field types")
-    return Welcome(session, resumed, received)
+    return Welcome(session, resumed, received, window)
 
 
 def decode_frame(data: bytes) -> Frame:

@@ -33,7 +33,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..closecodes import CloseCode
 from ..exceptions import MessageEncodeError
@@ -196,15 +196,13 @@ class LinkProtocol:
         "_bad_in_a_row",
         "_control",
         "_expect",
-        "_in_flight",
-        "_in_flight_done",
-        "_in_flight_last",
         "_keepalive",
         "_last_received",
         "_logged_refusals",
         "_next_ping",
         "_owed_bytes",
         "_pending_pongs",
+        "_undelivered",
         "_upgrade_expected",
         "_upgrade_session",
         "_write_started",
@@ -219,6 +217,7 @@ class LinkProtocol:
         "session",
         "stats",
         "tick_interval",
+        "undelivered_bytes",
     )
 
     def __init__(
@@ -265,9 +264,12 @@ class LinkProtocol:
         """Client side: set by the server's welcome."""
         self._awaiting_welcome = session is not None
         self._expect = session.delivered + 1 if session is not None else 0
-        self._in_flight: list[int] = []  # sequence numbers of what receive_data returned
-        self._in_flight_done = 0  # ...how many of them were delivered
-        self._in_flight_last = 0  # ...the last sequence number that call consumed
+        # What receive_data returned and was not yet delivered, a batch per frame:
+        # [sequence numbers, payload sizes, how many delivered, the last number consumed].
+        self._undelivered: deque[list[Any]] | None = None
+        self.undelivered_bytes = 0
+        """Payload bytes let in and not yet delivered: at most our receive window (what we
+        advertised, :attr:`SessionState.limit`), plus one batch."""
         self._acked_out = session.delivered if session is not None else 0
         self._owed_bytes = 0
         self._ack_timer_set = False
@@ -314,7 +316,11 @@ class LinkProtocol:
             self._awaiting_upgrade_ack and len(self._control) == 1
         ), "the welcome goes out before anything else (but an in-band upgrade's marker)"
         self._awaiting_welcome = False
-        self.queue_control(encode_welcome(Welcome(session.session, resumed, session.delivered)))
+        self.queue_control(
+            encode_welcome(
+                Welcome(session.session, resumed, session.delivered, window=session.limit)
+            )
+        )
         if resumed:
             self._queue_replay(session.resume(peer_delivered))
 
@@ -458,6 +464,7 @@ class LinkProtocol:
         expect = self._expect
         accepted: list[BusMessage] = []
         seqs: list[int] = []
+        sizes: list[int] = []
         seq = first
         for payload in payloads:
             if seq < expect:
@@ -471,30 +478,52 @@ class LinkProtocol:
                 if message is not None:
                     accepted.append(message)
                     seqs.append(seq)
+                    sizes.append(len(payload))
                 if self.closing:
                     break
             seq += 1
         self._expect = expect
-        if accepted:
-            self._in_flight = seqs
-            self._in_flight_done = 0
-            self._in_flight_last = expect - 1
+        pending = self._undelivered
+        if accepted or pending:
+            # Refused messages count as delivered once what came before them is.
+            if pending is None:
+                pending = self._undelivered = deque()
+            pending.append([seqs, sizes, 0, expect - 1])
+            self.undelivered_bytes += sum(sizes)
+            overshoot = max(self.config.max_batch_bytes, self.config.max_message_size)
+            if self.undelivered_bytes > session.limit + overshoot:
+                self._protocol_error(
+                    f"{self.undelivered_bytes} bytes sent unacknowledged, beyond the"
+                    f" {session.limit}-byte window"
+                )
+                return []
         elif expect - 1 > session.delivered:
             session.delivered = expect - 1  # all refused: consumed all the same
         return accepted
 
     def delivered_one(self) -> None:
-        """The next message :meth:`receive_data` returned was delivered (or could not be):
-        it counts as delivered from now on, and is acknowledged."""
+        """The oldest message :meth:`receive_data` returned and not yet delivered was
+        delivered (or could not be): it counts as delivered from now on, and is
+        acknowledged."""
         session = self.session
-        if session is None:
+        pending = self._undelivered
+        if session is None or not pending:
             return
-        done = self._in_flight_done + 1
-        seqs = self._in_flight
-        if done > len(seqs):
-            return
-        self._in_flight_done = done
-        session.delivered = self._in_flight_last if done == len(seqs) else seqs[done - 1]
+        batch = pending[0]
+        seqs, sizes, done, last = batch
+        if done < len(seqs):
+            self.undelivered_bytes -= sizes[done]
+            done += 1
+            if done < len(seqs):
+                batch[2] = done
+                session.delivered = seqs[done - 1]
+                return
+        pending.popleft()
+        session.delivered = last
+        while pending and not pending[0][0]:  # batches of refused messages only
+            session.delivered = pending.popleft()[3]
+        if not pending:
+            self._undelivered = None
 
     def _receive_ack(self, seq: int) -> bool:
         session = self.session
@@ -548,6 +577,7 @@ class LinkProtocol:
                 self.stats.sessions_lost += 1
                 self.stats.lost_unacknowledged += lost
             session.session = welcome.session
+        session.peer_window = welcome.window or None
         self._expect = session.delivered + 1
         self._acked_out = session.delivered
         self._awaiting_welcome = False

@@ -36,6 +36,7 @@ class SessionState:
         "limit",
         "next_seq",
         "peer_acked",
+        "peer_window",
         "replay_bytes",
         "session",
     )
@@ -46,6 +47,8 @@ class SessionState:
                 f"replay_buffer_size must be at least {MIN_REPLAY_BUFFER} bytes, not {limit}"
             )
         self.limit = limit
+        # What the peer said it takes unacknowledged (its receive window); None: not said.
+        self.peer_window: int | None = None
         self.session: str | None = None
         self.next_seq = 1  # our next message's sequence number
         self.peer_acked = 0  # the highest of ours the peer acknowledged
@@ -67,8 +70,11 @@ class SessionState:
 
     @property
     def window_open(self) -> bool:
-        """Room to send more (the replay buffer holds less than its limit)."""
-        return self.replay_bytes < self.limit
+        """Room to send more: the replay buffer holds less than its limit, and less than the
+        peer's receive window."""
+        peer = self.peer_window
+        limit = self.limit if peer is None or peer > self.limit else peer
+        return self.replay_bytes < limit
 
     def record(self, payloads: list[bytes]) -> int:
         """Number ``payloads`` (about to be written) and keep them; returns the first number."""

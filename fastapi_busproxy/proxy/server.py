@@ -19,7 +19,14 @@ from ._base import ProxyWorker
 from ._link import Link
 from ._outbox import Outbox
 from ._transport import StarletteTransport
-from .framing import RESUME_HEADER, choose_subprotocol, is_resumable, parse_resume_header
+from .framing import (
+    RESUME_HEADER,
+    WINDOW_HEADER,
+    choose_subprotocol,
+    is_resumable,
+    parse_resume_header,
+    parse_window_header,
+)
 from .protocol import CloseInfo, LinkConfig
 from .resume import DEFAULT_REPLAY_BUFFER, SessionState
 
@@ -392,6 +399,10 @@ class WebSocketProxyServer(ProxyWorker):
             assert subprotocol is not None
             link.protocol.offer_upgrade(subprotocol)
         if session is not None:
+            headers = getattr(websocket, "headers", None)
+            session.peer_window = parse_window_header(
+                headers.get(WINDOW_HEADER) if headers else None
+            )
             link.protocol.welcome(resumed=resumed, peer_delivered=peer_delivered)
         self._connection_ended.clear()
         self._link = self._unclaimed = link
