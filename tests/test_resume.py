@@ -167,9 +167,10 @@ def message(source: str, target: str, n: int) -> BusMessage:
 def make(
     local: str,
     remote: str,
-    state: SessionState,
+    state: SessionState | None,
     *,
     max_batch_messages: int = 64,
+    framed: bool = True,
 ) -> LinkProtocol:
     return LinkProtocol(
         name=local,
@@ -177,7 +178,7 @@ def make(
         stats=LinkStats(),
         serializer=SERIALIZER,
         rules=ForwardingRules.build(local_worker=local, remote_worker=remote),
-        framed=True,
+        framed=framed,
         now=0.0,
         session=state,
     )
@@ -444,16 +445,7 @@ def test_numbered_frames_on_a_link_without_a_session_are_refused() -> None:
 
 def plain(local: str, remote: str, state: SessionState | None) -> LinkProtocol:
     """A protocol on a connection accepted without a subprotocol (plain until upgraded)."""
-    return LinkProtocol(
-        name=local,
-        config=LinkConfig(),
-        stats=LinkStats(),
-        serializer=SERIALIZER,
-        rules=ForwardingRules.build(local_worker=local, remote_worker=remote),
-        framed=False,
-        now=0.0,
-        session=state,
-    )
+    return make(local, remote, state, framed=False)
 
 
 V2, V1 = subprotocols_for("json", resume=True)

@@ -169,6 +169,13 @@ class Client:
         await self.runner.cancel("test over")
 
 
+async def strand(relay: Any) -> None:
+    """Cut the connection (RST both sides) and refuse the client's reconnections."""
+    relay.refuse = True
+    relay.cut("rst", "rst")
+    await relay.wait_refused(1)
+
+
 async def wait_ready(runner: WorkerRunner, name: str, timeout: float = 10.0) -> None:
     await runner.registry.wait_ready(name, timeout)
 
@@ -285,9 +292,7 @@ async def test_a_session_whose_grace_period_passed_is_given_up_and_counted() -> 
             gateway = runner_of(app).get_worker("gateway:client")
             assert isinstance(gateway, WebSocketProxyServer)
             # The client cannot come back: the server keeps what it sends meanwhile...
-            relay.refuse = True
-            relay.cut("rst", "rst")
-            await relay.wait_refused(1)
+            await strand(relay)
             await server_counter.send_numbered("client", range(10))
             # ...until the grace period is over: then it gives the session up, and says so.
             await asyncio.wait_for(gateway.wait(), 10)
@@ -340,9 +345,7 @@ async def test_a_new_client_replaces_a_session_waiting_for_its_client(form: str)
             await wait_ready(gone.runner, "counter")
             gateway = gateway_of(form, app, proxies)
             assert isinstance(gateway, WebSocketProxyServer)
-            relay.refuse = True
-            relay.cut("rst", "rst")
-            await relay.wait_refused(1)
+            await strand(relay)
             # Another process (no session to resume) connects under the same name.
             async with Client(server.url("/ws")) as newcomer:
                 await asyncio.wait_for(gateway.wait(), 10)
@@ -369,9 +372,7 @@ async def test_a_session_waiting_for_its_client_does_not_hold_the_server_shutdow
             await wait_ready(client.runner, "counter")
             gateway = gateway_of(form, app, proxies)
             assert isinstance(gateway, WebSocketProxyServer)
-            relay.refuse = True
-            relay.cut("rst", "rst")
-            await relay.wait_refused(1)
+            await strand(relay)
             await asyncio.wait_for(gateway.wait_connection(), 10)
             assert gateway.detached
     assert gateway.finished
