@@ -146,7 +146,9 @@ class BusProxySettings(BaseSettings):
         (``bus_queue_size``); its jobs in flight (``max_jobs_per_source``, a request and an
         answer each); the answers in its proxy's queue (``bus_queue_size``) and send queue
         (``send_queue_size``); what a resumable link keeps until it is acknowledged
-        (``replay_buffer_size``, serialized); plus the socket buffers of uvicorn and websockets
+        (``replay_buffer_size``, serialized) and what it let in and has not yet delivered (its
+        receive window, ``replay_buffer_size`` of serialized messages, decoded); plus the
+        socket buffers of uvicorn and websockets
         (:data:`SOCKET_BUFFERS`) and what an idle link costs (:data:`LINK_OVERHEAD`). Past
         these the chain pushes back: the link stops reading its socket. Divide the memory you
         give the server by this to know how many connections it serves at worst.
@@ -159,7 +161,8 @@ class BusProxySettings(BaseSettings):
             + self.send_queue_size
         )
         decoded = messages * self.max_message_size * DECODED_OVERHEAD
-        return decoded + self.replay_buffer_size + SOCKET_BUFFERS + LINK_OVERHEAD
+        received = self.replay_buffer_size * DECODED_OVERHEAD
+        return decoded + self.replay_buffer_size + received + SOCKET_BUFFERS + LINK_OVERHEAD
 
     def server_proxy_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`WebSocketProxyServer` these settings give."""
