@@ -342,6 +342,28 @@ class WorkerBus(abc.ABC):
         still full, and queued for the others.
         """
 
+    def offer(self, message: BusMessage) -> bool:
+        """Send ``message`` now if that needs no waiting at all; ``False`` when nothing was
+        done (then :meth:`send` it). The fast path of a link delivering what it received:
+        no turn of the event loop, and never a partial delivery."""
+        return False
+
+    def _offer_local(self, message: BusMessage) -> bool:
+        # One recipient with room, and no handler to await: what a link's message to its
+        # local worker usually is. Anything else goes through send().
+        if not self._running:
+            return False
+        recipients = self._index.recipients(message)
+        if len(recipients) != 1:
+            return not recipients
+        subscription = recipients[0]
+        mailbox = subscription.mailbox
+        if mailbox.closed:
+            return True  # as send() does: the subscriber has left
+        if subscription._may_go_direct:
+            return False
+        return mailbox.offer(message, message.system, message.source)
+
     async def _deliver_local(
         self, message: BusMessage, overflow: Overflow | None, timeout: float | None
     ) -> None:
@@ -418,6 +440,9 @@ class InMemoryBus(WorkerBus):
         timeout: float | None = None,
     ) -> None:
         await self._deliver_local(message, overflow, timeout)
+
+    def offer(self, message: BusMessage) -> bool:
+        return self._offer_local(message)
 
 
 AsyncQueueBus = InMemoryBus

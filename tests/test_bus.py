@@ -521,3 +521,25 @@ async def test_flooding_a_stuck_subscriber_stays_bounded(bus: InMemoryBus) -> No
     stuck.release()
     await stuck.wait_for(capacity + 1)
     assert stuck.numbers() == list(range(capacity + 1))  # the newest were dropped
+
+
+async def test_offer_sends_only_what_needs_no_waiting(bus: InMemoryBus) -> None:
+    """A link's fast path: delivered now to a lone recipient with room, or not at all."""
+    recorder, subscription = await subscribe(bus, "slow", capacity=1)
+    other, _ = await subscribe(bus, "other", capacity=1)
+    recorder.hold()
+    assert bus.offer(Note(source="s", target="slow", n=1))
+    await recorder.wait_for(1)  # taken, and held in the handler
+    assert bus.offer(Note(source="s", target="slow", n=2))  # fills the queue
+    assert not bus.offer(Note(source="s", target="slow", n=3))  # full: nothing done
+    assert subscription.queued == 1
+    assert not bus.offer(Note(source="s", n=4))  # two recipients: nothing done
+    assert subscription.queued == 1
+    assert other.received == []
+    assert bus.offer(Note(source="s", target="nobody", n=5))  # nobody wants it: done
+    recorder.release()
+    await recorder.wait_for(2)
+    assert recorder.numbers() == [1, 2]
+    await bus.stop()
+    assert not bus.offer(Note(source="s", target="slow", n=6))  # not running: send() says so
+

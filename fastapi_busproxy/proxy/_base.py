@@ -142,6 +142,10 @@ class ProxyWorker(BaseWorker):
             )
         )
 
+    def _offer_inbound(self, message: BusMessage) -> bool:
+        """Deliver ``message`` now if that needs no waiting (see :meth:`WorkerBus.offer`)."""
+        return session_control(message) is None and self.bus.offer(message)
+
     async def _deliver_inbound(self, message: BusMessage) -> None:
         control = session_control(message)
         if control is None:
@@ -182,6 +186,7 @@ class ProxyWorker(BaseWorker):
             serializer=self.serializer,
             framed=framed,
             deliver=self._deliver_inbound,
+            offer=self._offer_inbound,
             outbox=self._outbox,
             stats=self.stats,
             config=config,

@@ -46,6 +46,7 @@ class Link:
         "_deliverer",
         "_inbound",
         "_interrupted",
+        "_offer",
         "_on_drained",
         "_on_outcome",
         "_reader",
@@ -71,6 +72,7 @@ class Link:
         serializer: MessageSerializer,
         framed: bool,
         deliver: Callable[[BusMessage], Awaitable[None]],
+        offer: Callable[[BusMessage], bool] | None = None,
         outbox: Outbox,
         stats: LinkStats,
         config: LinkConfig,
@@ -98,6 +100,7 @@ class Link:
         self._on_outcome = on_outcome
         self._on_drained = on_drained
         self._deliver = deliver
+        self._offer = offer
         self._write_lock = asyncio.Lock()
         self._wrote_direct = False  # a direct write happened in this turn of the event loop
         self._running = False
@@ -259,7 +262,7 @@ class Link:
                 # acknowledgements) while the bus pushes back: the peer sends no more than
                 # our receive window unacknowledged, so what waits here is bounded by it.
                 if messages:
-                    self._queue_inbound(messages)
+                    self._take_in(messages)
             else:
                 for message in messages:
                     await self._deliver_one(message)
@@ -288,6 +291,27 @@ class Link:
             logger.warning(
                 "link %s: could not deliver %s: %s", self.name, type(message).__name__, exc
             )
+
+    def _take_in(self, messages: list[BusMessage]) -> None:
+        """A resumable link's messages, in order: delivered now while the bus takes them
+        without waiting (and nothing is queued before them), the rest queued for
+        :meth:`_deliver_queued`."""
+        offer = self._offer
+        if offer is not None and self._deliverer is None and not self._inbound:
+            protocol = self.protocol
+            done = 0
+            for message in messages:
+                try:
+                    if not offer(message):
+                        break
+                except BusError:
+                    break  # send() will say what went wrong
+                protocol.delivered_one()
+                done += 1
+            if done == len(messages):
+                return
+            messages = messages[done:]
+        self._queue_inbound(messages)
 
     def _queue_inbound(self, messages: list[BusMessage]) -> None:
         inbound = self._inbound
