@@ -646,3 +646,54 @@ async def test_a_server_connection_costs_two_tasks_besides_the_endpoints(form: s
         finally:
             for client in clients:
                 await client.close()
+
+
+async def test_a_refused_duplicate_client_backs_off_and_gives_up() -> None:
+    """A second client under a connected client's name is refused (4001) each time: each
+    refusal is one more failed attempt, so the waits grow and max_attempts ends it, with the
+    cause."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        await runner_of(app).add_workers(BaseWorker("assistant"))
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    include_bus_proxy(app, "/ws", "assistant", remote_worker_name="voice")
+    async with running_uvicorn(app) as server:
+        first_runner = WorkerRunner(name="first", handle_sigint=False)
+        first = WebSocketProxyClient(
+            "proxy",
+            url=server.url("/ws"),
+            remote_worker_name="assistant",
+            local_worker_name="voice",
+            active=True,
+        )
+        second_runner = WorkerRunner(name="second", handle_sigint=False)
+        second = WebSocketProxyClient(
+            "proxy",
+            url=server.url("/ws"),
+            remote_worker_name="assistant",
+            local_worker_name="voice",
+            active=True,
+            reconnect=ReconnectPolicy(initial_delay=0.01, max_delay=1.0, jitter=0, max_attempts=4),
+        )
+        attempts: list[int] = []
+        gave_up: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+        @second.event_handler("on_reconnecting")
+        async def reconnecting(proxy: Any, attempt: int, delay: float) -> None:
+            attempts.append(attempt)
+
+        @second.event_handler("on_gave_up")
+        async def on_gave_up(proxy: Any, error: BaseException) -> None:
+            gave_up.set_result(error)
+
+        async with first_runner, second_runner:
+            await first_runner.add_workers(BaseWorker("voice"), first)
+            await first_runner.registry.wait_ready("assistant", 10)
+            await second_runner.add_workers(BaseWorker("voice"), second)
+            error = await asyncio.wait_for(gave_up, 10)
+        assert attempts == [1, 2, 3]
+        assert "4001" in str(error)
+        assert first.stats.reconnects == 0  # the connected client was never disturbed

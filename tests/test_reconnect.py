@@ -180,3 +180,17 @@ def test_configuration_error_is_a_value_error() -> None:
 def test_is_fatal_status(status: int, fatal: bool) -> None:
     assert ReconnectPolicy.is_fatal_status(status) is fatal
     assert ReconnectPolicy().is_fatal_status(status) is fatal
+
+
+@pytest.mark.parametrize("code", [1008, 4001, 4002])
+def test_a_refusal_is_one_more_failed_attempt(code: int) -> None:
+    assert ReconnectPolicy.next_attempt(3, code=code, served=True) == 4
+
+
+def test_a_connection_that_served_starts_the_count_over() -> None:
+    assert ReconnectPolicy.next_attempt(3, code=1006, served=True) == 1
+    assert ReconnectPolicy.next_attempt(0, code=1012, served=True) == 1
+
+
+def test_a_connection_that_carried_nothing_is_a_failed_attempt() -> None:
+    assert ReconnectPolicy.next_attempt(3, code=1006, served=False) == 4

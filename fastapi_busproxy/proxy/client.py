@@ -289,12 +289,23 @@ class WebSocketProxyClient(ProxyWorker):
                 await self._call_event_handler("on_reconnecting", attempt, delay)
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
+            received = self.stats.bytes_in
             info = await self._run_connection(connection)
             if info.by_us and info.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
                 return
-            # The link dropped: try again after the first backoff step.
-            attempt = 1
+            # The link dropped. After a connection that served, try again after the first
+            # backoff step; after a refusal (a duplicate session...), back off further.
+            attempt = policy.next_attempt(
+                attempt, code=info.code, served=self.stats.bytes_in > received
+            )
+            if not policy.should_retry(attempt):
+                error = ConnectionError(
+                    f"{self.url} closed the link {attempt} times in a row"
+                    f" ({info.code} {info.reason})"
+                )
+                logger.error("proxy %s: giving up: %s", self.name, error)
+                await self._call_event_handler("on_gave_up", error)
+                return
             delay = policy.delay(attempt, self._rng.random())
             await self._call_event_handler("on_reconnecting", attempt, delay)
             await asyncio.sleep(delay)

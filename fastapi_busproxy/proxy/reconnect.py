@@ -14,6 +14,10 @@ _MAX_EXPONENT = 100  # 100 ** 100 is still a finite float
 # Handshake statuses that no retry will fix: the credentials are wrong.
 _FATAL_STATUSES = frozenset((401, 403))
 
+# Closes by the server that refuse the client rather than end a connection that served:
+# policy violation, a duplicate session, a session replaced by a newer connection.
+_REFUSALS = frozenset((1008, 4001, 4002))
+
 
 @dataclass(frozen=True)
 class ReconnectPolicy:
@@ -60,6 +64,16 @@ class ReconnectPolicy:
     def should_retry(self, attempt: int) -> bool:
         """``False`` once ``attempt`` consecutive failures reach ``max_attempts``."""
         return self.max_attempts is None or attempt < self.max_attempts
+
+    @staticmethod
+    def next_attempt(previous: int, *, code: int, served: bool) -> int:
+        """The attempt number to wait for after the server closed a connection with
+        ``code``. A refusal (1008, 4001, 4002), or a connection that carried nothing from the
+        server (``served`` false), is one more failed attempt: the backoff grows, and
+        ``max_attempts`` counts it. A connection that served starts the count over."""
+        if code in _REFUSALS or not served:
+            return previous + 1
+        return 1
 
     @staticmethod
     def is_fatal_status(status_code: int) -> bool:
