@@ -222,3 +222,21 @@ async def read_until_closed(ws: Any) -> None:
     """Read (and ignore: pings, the registry) until the server closes."""
     while True:
         await asyncio.wait_for(ws.recv(), 10)
+
+
+async def test_a_wrong_path_is_refused_with_a_hint_at_the_path() -> None:
+    """Starlette answers a WebSocket handshake on a path with no route with 403, as it does
+    for bad credentials: the error names both causes, not the credentials alone."""
+    app, _, proxies, _seen = gateway_app()
+    async with running_uvicorn(app) as server:
+        runner = WorkerRunner()
+        proxy = client(server.url("/no-such-path"), active=True)
+        events = Events(proxy, "on_gave_up")
+        async with runner:
+            await runner.add_workers(BaseWorker("voice"), proxy)
+            await asyncio.wait_for(events.wait("on_gave_up"), 10)
+        (error,) = events.seen["on_gave_up"][0]
+        assert isinstance(error, HandshakeRejectedError)
+        assert error.status_code == 403
+        assert "path" in str(error)
+        assert proxies == []

@@ -340,9 +340,14 @@ class WebSocketProxyClient(ProxyWorker):
         except InvalidStatus as exc:
             status = exc.response.status_code
             if ReconnectPolicy.is_fatal_status(status):
+                hint = (
+                    "check the credentials in headers, and the URL's path: Starlette answers"
+                    " a path with no WebSocket route with 403 too"
+                    if status == 403
+                    else "check the credentials in headers"
+                )
                 raise HandshakeRejectedError(
-                    f"{self.url} refused the handshake with HTTP {status}"
-                    " (check the credentials in headers)",
+                    f"{self.url} refused the handshake with HTTP {status} ({hint})",
                     status_code=status,
                 ) from exc
             raise
