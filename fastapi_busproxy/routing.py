@@ -67,6 +67,10 @@ __all__ = ["BusSession", "bus_proxy_router", "include_bus_proxy"]
 
 _session_ids = itertools.count(1)
 
+SESSION_END_WAIT = 10.0
+"""Seconds a new connection waits for the last session under its name to finish ending (its
+workers stopping) before it is refused with 1013 (try again later)."""
+
 logger = logging.getLogger(__name__)
 
 NameSource = str | Callable[["BusSession"], str | Awaitable[str]]
@@ -251,6 +255,23 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
             await proxy.end_session("replaced by a new session")
             await existing.done.wait()
             continue
+        if proxy is not None and not proxy.session_open:
+            # Ending (its connection closed): its name is free once its workers have stopped.
+            try:
+                await asyncio.wait_for(existing.done.wait(), SESSION_END_WAIT)
+            except asyncio.TimeoutError:
+                logger.warning(
+                    "route %s: the last session of %s did not end in %ss; refused a new one",
+                    route.name,
+                    remote,
+                    SESSION_END_WAIT,
+                )
+                await websocket.accept()
+                await websocket.close(
+                    CloseCode.TRY_AGAIN_LATER, f"the last session of {remote} is still ending"
+                )
+                return
+            continue
         if policy == "refuse":
             logger.info("route %s: refused a second connection for %s", route.name, remote)
             await websocket.accept()
@@ -310,13 +331,12 @@ async def _release_when_over(
 
 
 async def _release(state: Any, remote: str, entry: _Session, group: WorkerSession) -> None:
-    """End a session: free its name, stop its workers."""
-    # The endpoint may be torn down by cancellation: free the name first (no await), then
-    # stop the session's workers in a shielded wait, so neither step is cut short.
-    if state.sessions.get(remote) is entry:
-        del state.sessions[remote]
+    """End a session: stop its workers, then free its name (a newcomer under the same name
+    waits for that, see SESSION_END_WAIT)."""
     try:
         # Each worker stops in a task it owns, which goes on if we are cancelled here.
         await asyncio.shield(group.cancel("session ended"))
     finally:
+        if state.sessions.get(remote) is entry:
+            del state.sessions[remote]
         entry.done.set()

@@ -550,8 +550,12 @@ class BaseWorker(WorkerJobs, EventEmitter):
         if self._subscription is not None and runner is not None:
             await runner.bus.unsubscribe(self._subscription)
         self._state = WorkerState.FINISHED
-        self._finished.set()
-        await self._call_event_handler("on_finished")
+        try:
+            # The runner's handler takes the worker out: wait() returns after that, so the
+            # name is free for a new worker at once.
+            await self._call_event_handler("on_finished")
+        finally:
+            self._finished.set()
 
     async def _stop_children(self, reason: str | None, *, cancelled: bool) -> None:
         children = [child for child in self._children if not child.finished]

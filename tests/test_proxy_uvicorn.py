@@ -697,3 +697,66 @@ async def test_a_refused_duplicate_client_backs_off_and_gives_up() -> None:
         assert attempts == [1, 2, 3]
         assert "4001" in str(error)
         assert first.stats.reconnects == 0  # the connected client was never disturbed
+
+
+class SlowToStop(BaseWorker):
+    """A session worker whose clean-up takes a moment (a flush, a goodbye to a backend)."""
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0.05)  # the work itself, not a wait for something
+        await super().stop()
+
+
+class SlowProxy(WebSocketProxyServer):
+    async def stop(self) -> None:
+        await super().stop()
+        await asyncio.sleep(0.05)  # the same, in the hand-wired form
+
+
+@pytest.mark.parametrize("form", ["include_bus_proxy", "hand-wired"])
+async def test_a_client_that_reconnects_at_once_is_served_every_time(form: str) -> None:
+    """A client that closes and comes back at once, 30 times, while the last session is still
+    stopping (slowly): each connection is served (the readiness announcement comes first), never
+    refused as a duplicate (4001, HTTP 409) nor dropped."""
+    from websockets.asyncio.client import connect
+
+    runner = WorkerRunner(name="server-runner", handle_sigint=False)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if form == "hand-wired":
+            async with runner:
+                await runner.add_workers(BaseWorker("assistant"))
+                yield
+        else:
+            await runner_of(app).add_workers(BaseWorker("assistant"))
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    if form == "hand-wired":
+
+        @app.websocket("/ws")
+        async def endpoint(websocket: WebSocket) -> None:
+            await websocket.accept()
+            proxy = SlowProxy(
+                "gateway", websocket=websocket, worker_name="assistant", remote_worker_name="voice"
+            )
+            await runner.add_workers(proxy)
+            await proxy.wait()
+
+    else:
+        include_bus_proxy(
+            app,
+            "/ws",
+            "assistant",
+            remote_worker_name="voice",
+            session_workers=lambda session: [SlowToStop("helper")],
+        )
+    served = 0
+    async with running_uvicorn(app) as server:
+        for _ in range(30):
+            async with connect(server.url("/ws"), ping_interval=None) as ws:
+                first = await asyncio.wait_for(ws.recv(), 10)  # closed (4001) if refused
+                assert b'"assistant"' in first  # type: ignore[operator]
+                served += 1
+    assert served == 30

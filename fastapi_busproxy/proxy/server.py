@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Iterable
@@ -40,6 +41,10 @@ logger = logging.getLogger("fastapi_busproxy.proxy")
 _DETACHING_CODES = frozenset(
     (1005, 1006, CloseCode.INTERNAL_ERROR, CloseCode.PEER_TOO_SLOW, CloseCode.SESSION_REPLACED)
 )
+
+
+# Seconds a new proxy under the name of one that is ending waits for it to leave the runner.
+_END_WAIT = 10.0
 
 
 class WebSocketProxyServer(ProxyWorker):
@@ -286,7 +291,14 @@ class WebSocketProxyServer(ProxyWorker):
         # client of ours reconnecting to resume this session: this proxy serves its new
         # connection, and the newcomer follows it (its wait() returns when that connection
         # ends). Anyone else replaces a session that waits for its client.
-        if not isinstance(newcomer, WebSocketProxyServer) or self._resume is None:
+        if not isinstance(newcomer, WebSocketProxyServer):
+            return False
+        if not self.session_open:
+            # Ending (its connection closed): the name is free once it has left the runner.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wait(), _END_WAIT)
+            return False
+        if self._resume is None:
             return False
         headers = getattr(newcomer.websocket, "headers", None)
         resume = parse_resume_header(headers.get(RESUME_HEADER) if headers else None)
