@@ -351,11 +351,23 @@ def _typed_parts(value: object, budget: int) -> tuple[type[Any], object]:
         return bytes, value[DATA_KEY]
     cls = wire_type(name)
     if cls is None:
-        raise _Invalid(
-            f"unknown type {_show(name)}: no class is registered under this name "
-            "(register_wire_type() on this side)"
-        )
+        raise _Invalid(f"unknown type {_show(name)}: {_unknown_type_hint(name)}")
     return cls, value[DATA_KEY]
+
+
+def _unknown_type_hint(name: str) -> str:
+    """What to do about a wire name no class here answers to."""
+    if name.startswith("__main__."):
+        return (
+            "the peer defines the class in the script it runs (__main__); a class travels"
+            " under its module's name, so define it in a module both sides import"
+        )
+    module, _, qualname = name.rpartition(".")
+    return (
+        f"no class {qualname} of module {module} is defined here (a class travels under its"
+        " module and name: define it in a module both sides import, or give both sides the"
+        " same name with register_wire_type(cls, name=...))"
+    )
 
 
 def _check_message_class(cls: type[Any], allowed: _Allowed) -> None:

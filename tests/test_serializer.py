@@ -847,3 +847,20 @@ def test_only_messages_are_written() -> None:
 def test_bad_configuration(kwargs: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConfigurationError, match=expected):
         JSONMessageSerializer(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("__main__.Greeting", "script it runs (__main__)"),
+        ("myapp.messages.Greeting", "no class Greeting of module myapp.messages"),
+    ],
+)
+def test_an_unknown_type_says_how_classes_travel(name: str, hint: str) -> None:
+    """A class defined in a script travels as ``__main__.X``: the refusal says so, and that
+    the fix is a module both sides import (not a registration on the receiving side)."""
+    with pytest.raises(MessageDecodeError) as caught:
+        SERIALIZER.deserialize(message_json(name, {"source": "a"}))
+    message = str(caught.value)
+    assert hint in message
+    assert "module both sides import" in message
