@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.responses import Response
 
 from fastapi_busproxy import (
     BaseWorker,
+    BusDataMessage,
     CloseCode,
     HandshakeRejectedError,
     WebSocketProxyClient,
@@ -240,3 +242,24 @@ async def test_a_wrong_path_is_refused_with_a_hint_at_the_path() -> None:
         assert error.status_code == 403
         assert "path" in str(error)
         assert proxies == []
+
+
+async def test_an_inactive_proxy_says_once_why_nothing_crosses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``active=False`` is the reference's default: a message for the remote worker then waits
+    in the outbox, and the proxy says why, once, with the fix."""
+    caplog.set_level(logging.INFO, logger="fastapi_busproxy.proxy")
+    runner = WorkerRunner()
+    voice = BaseWorker("voice")
+    proxy = client("ws://127.0.0.1:9/ws")  # never dialled: the proxy is not active
+    async with runner:
+        await runner.add_workers(voice, proxy)
+        for _ in range(3):
+            await voice.send_bus_message(BusDataMessage(source="voice", target="worker"))
+        await runner.end("test over")  # after the messages already queued
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "not active" in warnings[0]
+    assert "activate_worker('proxy')" in warnings[0]
+    assert any("not connecting" in r.getMessage() for r in caplog.records)

@@ -181,6 +181,7 @@ class WebSocketProxyClient(ProxyWorker):
         self._connector: asyncio.Task[None] | None = None
         self._connections = 0
         self._rng = random.Random()
+        self._said_inactive = False
         self._resume = SessionState(replay_buffer_size) if resume and batching else None
         self._drained_flag = Flag()
 
@@ -217,6 +218,14 @@ class WebSocketProxyClient(ProxyWorker):
         # Created active (``active=True``), the activation at start connects.
         await super().start()
         await self.watch_workers(self.local_worker_name)
+        if not self.active:
+            logger.info(
+                "proxy %s: not active, so not connecting to %s until it is activated"
+                " (activate_worker(%r), or active=True)",
+                self.name,
+                self.url,
+                self.name,
+            )
 
     async def on_activated(self, args: dict[str, Any] | None) -> None:
         await self._start_connecting()
@@ -472,6 +481,17 @@ class WebSocketProxyClient(ProxyWorker):
     # -- forwarding ---------------------------------------------------------------------------
 
     def _hold(self, message: BusMessage) -> None:
+        if not self.active and not self._said_inactive:
+            # The reference's default (active=False) is easy to miss: say so, once.
+            self._said_inactive = True
+            logger.warning(
+                "proxy %s: %s for %s waits in the outbox: the proxy is not active, so it does"
+                " not connect (activate_worker(%r), or active=True)",
+                self.name,
+                type(message).__name__,
+                self.remote_worker_name,
+                self.name,
+            )
         dropped = self._outbox.put_dropping_oldest(message)
         if dropped:
             self.stats.dropped += dropped
