@@ -29,6 +29,7 @@ from .exceptions import (
     SerializationError,
     UnknownEventError,
     WorkerNotReadyError,
+    WorkerUnreachableError,
 )
 from .interest import Interest
 from .jobs import (
@@ -202,6 +203,7 @@ __all__ = [
     "WorkerRunner",
     "WorkerSession",
     "WorkerState",
+    "WorkerUnreachableError",
     "bus_proxy_router",
     "configure_bus",
     "get_runner",

@@ -172,6 +172,12 @@ class WorkerNotReadyError(JobGroupError, JobTimeoutError):
     """A job's target worker was not ready within the job's timeout; nothing was sent."""
 
 
+class WorkerUnreachableError(WorkerNotReadyError):
+    """The link to a job's target worker has given up (the handshake was refused, the
+    retries ran out...): waiting would only end in a timeout, so the job fails at once.
+    ``__cause__`` is the link's own error."""
+
+
 class ProxyError(BusProxyError):
     """Base class of errors of the WebSocket proxies."""
 

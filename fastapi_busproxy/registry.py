@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ._tasks import TaskSet
+from .exceptions import WorkerUnreachableError
 from .messages import WorkerRegistryEntry
 
 __all__ = [
@@ -98,6 +99,8 @@ class WorkerRegistry:
         self._watches: dict[str, list[RegistryWatch]] = {}
         self._handlers: dict[str, list[WatchHandler]] = {}
         self._waiters: dict[str, set[asyncio.Future[WorkerRegistryEntry]]] = {}
+        # Workers whose link has given up, with why: a wait for them fails at once.
+        self._unreachable: dict[str, BaseException] = {}
         self._listeners: list[ChangeListener] = []
         self._tasks = TaskSet(f"registry:{runner_name}")
 
@@ -163,6 +166,7 @@ class WorkerRegistry:
         return self.register_remote(entry, origin=worker_data.runner, runner=worker_data.runner)
 
     def register_local(self, entry: WorkerRegistryEntry) -> None:
+        self._unreachable.pop(entry.name, None)
         self._records[entry.name] = _Record(entry, None, self.runner_name)
         self._changed("registered", entry, None)
         self._notify(entry)
@@ -188,6 +192,7 @@ class WorkerRegistry:
             logger.info(
                 "worker %s is now reached through %s (was %s)", entry.name, origin, record.origin
             )
+        self._unreachable.pop(entry.name, None)
         self._records[entry.name] = _Record(entry, origin, runner or origin)
         self._changed("registered", entry, origin)
         if record is None or record.origin != origin:
@@ -268,22 +273,43 @@ class WorkerRegistry:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    def mark_unreachable(self, name: str, error: BaseException) -> None:
+        """The link to ``name`` has given up with ``error``: whoever waits for ``name`` (now
+        or later, until it registers) gets :class:`WorkerUnreachableError` at once."""
+        if name in self._records:
+            return
+        self._unreachable[name] = error
+        for waiter in self._waiters.get(name, ()):
+            if not waiter.done():
+                waiter.set_exception(_unreachable(name, error))
+
+    def clear_unreachable(self, name: str) -> None:
+        """The link to ``name`` tries again: waits wait again."""
+        self._unreachable.pop(name, None)
+
     async def wait_ready(self, name: str, timeout: float | None = None) -> WorkerRegistryEntry:
         """Wait until ``name`` is ready and return its entry.
 
         Raises:
             TimeoutError: ``name`` was not ready within ``timeout`` seconds.
+            WorkerUnreachableError: the link to ``name`` has given up (see
+                :meth:`mark_unreachable`).
 
         Cancelling is safe: the waiter is removed.
         """
         record = self._records.get(name)
         if record is not None:
             return record.entry
+        error = self._unreachable.get(name)
+        if error is not None:
+            raise _unreachable(name, error)
         future: asyncio.Future[WorkerRegistryEntry] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(name, set())
         waiters.add(future)
         try:
             return await asyncio.wait_for(future, timeout)
+        except WorkerUnreachableError:
+            raise  # a TimeoutError too, but no timeout's
         except asyncio.TimeoutError:
             raise TimeoutError(f"worker {name!r} was not ready within {timeout}s") from None
         finally:
@@ -331,3 +357,9 @@ class WorkerRegistry:
             await handler(data)
         except Exception:
             logger.exception("registry watch handler of %s raised", data.worker_name)
+
+
+def _unreachable(name: str, error: BaseException) -> WorkerUnreachableError:
+    unreachable = WorkerUnreachableError(f"worker {name!r} is unreachable: {error}")
+    unreachable.__cause__ = error
+    return unreachable

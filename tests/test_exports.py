@@ -99,6 +99,7 @@ EXPORTED = [
     "WorkerRunner",
     "WorkerSession",
     "WorkerState",
+    "WorkerUnreachableError",
     "__version__",
     "bus_proxy_router",
     "configure_bus",

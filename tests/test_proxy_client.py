@@ -21,6 +21,7 @@ from fastapi_busproxy import (
     WebSocketProxyClient,
     WebSocketProxyServer,
     WorkerRunner,
+    WorkerUnreachableError,
 )
 from fastapi_busproxy.proxy import ReconnectPolicy
 from tests.servers import running_uvicorn
@@ -263,3 +264,27 @@ async def test_an_inactive_proxy_says_once_why_nothing_crosses(
     assert "not active" in warnings[0]
     assert "activate_worker('proxy')" in warnings[0]
     assert any("not connecting" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_job_behind_a_link_that_gave_up_fails_at_once_with_the_cause() -> None:
+    """A wrong token: the link gives up at the handshake, and a job (or a readiness wait) for
+    the remote worker fails then, with the link's error as the cause, not after its timeout."""
+    app, _, _, _ = gateway_app(require_token="s3cret")
+    async with running_uvicorn(app) as server:
+        runner = WorkerRunner()
+        voice = BaseWorker("voice")
+        proxy = client(server.url("/ws"), active=True, headers={"Authorization": "Bearer nope"})
+        async with runner:
+            await runner.add_workers(voice, proxy)
+
+            async def run_job() -> None:
+                async with voice.job("worker", name="ask", timeout=60):
+                    pass
+
+            # The job's own timeout is 60 s: failing at all inside 10 s is the point.
+            with pytest.raises(WorkerUnreachableError) as caught:
+                await asyncio.wait_for(run_job(), 10)
+            assert isinstance(caught.value.__cause__, HandshakeRejectedError)
+            assert "403" in str(caught.value)
+            with pytest.raises(WorkerUnreachableError):
+                await runner.registry.wait_ready("worker", 60)

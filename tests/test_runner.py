@@ -13,8 +13,10 @@ from fastapi_busproxy import (
     InMemoryBus,
     InvalidStateError,
     WorkerReadyData,
+    WorkerRegistry,
     WorkerRunner,
     WorkerSession,
+    WorkerUnreachableError,
 )
 from fastapi_busproxy.exceptions import ConfigurationError, DuplicateWorkerError
 from fastapi_busproxy.messages import (
@@ -573,3 +575,27 @@ async def test_the_registry_tells_of_ready_workers_in_both_forms() -> None:
         with pytest.raises(TimeoutError, match="ghost"):
             await registry.wait_ready("ghost", timeout=0.01)
         assert registry.watcher_count() == 0
+
+
+async def test_a_wait_for_an_unreachable_worker_fails_at_once_until_it_registers() -> None:
+    registry = WorkerRegistry("here")
+    error = ConnectionError("refused")
+    waiting = asyncio.ensure_future(registry.wait_ready("far"))
+    await asyncio.sleep(0)  # the waiter is in place
+    registry.mark_unreachable("far", error)
+    with pytest.raises(WorkerUnreachableError) as caught:
+        await waiting
+    assert caught.value.__cause__ is error
+    with pytest.raises(WorkerUnreachableError):
+        await registry.wait_ready("far", 60)  # at once, not after 60 s
+    # The link tries again: waits wait again, and a registration answers them.
+    registry.clear_unreachable("far")
+    again = asyncio.ensure_future(registry.wait_ready("far"))
+    await asyncio.sleep(0)
+    assert not again.done()
+    registry.register_remote(WorkerRegistryEntry(name="far"), origin="link")
+    assert (await again).name == "far"
+    assert registry.watcher_count() == 0
+    # A registered worker is never marked unreachable.
+    registry.mark_unreachable("far", error)
+    assert (await registry.wait_ready("far")).name == "far"

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from ..exceptions import BusError, WorkerNotReadyError
+from ..exceptions import BusError, WorkerNotReadyError, WorkerUnreachableError
 from ..messages import BusJobCancelMessage, BusJobRequestMessage, BusMessage, JobStatus
 from ..registry import WorkerRegistry
 from .group import CANCELLED, TIMEOUT, JobGroup
@@ -67,10 +67,18 @@ class JobRequester:
         for name in worker_names:
             if not isinstance(name, str):
                 raise TypeError(f"worker names are str, not {type(name).__name__}")
-        waits = [registry.wait_ready(name) for name in worker_names]
+        waits = [asyncio.ensure_future(registry.wait_ready(name)) for name in worker_names]
         try:
             await asyncio.wait_for(asyncio.gather(*waits), params.timeout)
-        except asyncio.TimeoutError:
+        except BaseException as exc:
+            # One wait failed (an unreachable worker) or timed out: end the others too.
+            for wait in waits:
+                wait.cancel()
+            # (WorkerUnreachableError is a TimeoutError too: it is the cause, not the wait.)
+            if isinstance(exc, WorkerUnreachableError) or not isinstance(
+                exc, asyncio.TimeoutError
+            ):
+                raise
             missing = [name for name in worker_names if name not in registry]
             raise WorkerNotReadyError(
                 f"{', '.join(repr(n) for n in missing)} not ready within {params.timeout}s"

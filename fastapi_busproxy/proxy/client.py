@@ -245,7 +245,14 @@ class WebSocketProxyClient(ProxyWorker):
         """Start connecting now (as an activation would); a current connection is replaced."""
         await self._start_connecting()
 
+    async def _give_up(self, error: BaseException) -> None:
+        """The link will not come back by itself: whoever waits for the remote worker (a job,
+        a readiness wait) fails at once with ``error`` as the cause, not with a timeout."""
+        self.runner.registry.mark_unreachable(self.remote_worker_name, error)
+        await self._call_event_handler("on_gave_up", error)
+
     async def _start_connecting(self) -> None:
+        self.runner.registry.clear_unreachable(self.remote_worker_name)
         await self._stop_connecting(CloseCode.NORMAL_CLOSURE, "reconnecting")
         self._connector = self.spawn(self._connect_loop(), name="connect")
 
@@ -268,11 +275,11 @@ class WebSocketProxyClient(ProxyWorker):
                 connection = await self._open()
             except HandshakeRejectedError as exc:
                 logger.error("proxy %s: %s; not retrying", self.name, exc)
-                await self._call_event_handler("on_gave_up", exc)
+                await self._give_up(exc)
                 return
             except ConfigurationError as exc:
                 logger.error("proxy %s: %s", self.name, exc)
-                await self._call_event_handler("on_gave_up", exc)
+                await self._give_up(exc)
                 return
             except Exception as exc:  # refused, unreachable, timed out, bad status: retry
                 attempt += 1
@@ -284,7 +291,7 @@ class WebSocketProxyClient(ProxyWorker):
                         attempt,
                         exc,
                     )
-                    await self._call_event_handler("on_gave_up", exc)
+                    await self._give_up(exc)
                     return
                 delay = policy.delay(attempt, self._rng.random())
                 logger.info(
@@ -313,7 +320,7 @@ class WebSocketProxyClient(ProxyWorker):
                     f" ({info.code} {info.reason})"
                 )
                 logger.error("proxy %s: giving up: %s", self.name, error)
-                await self._call_event_handler("on_gave_up", error)
+                await self._give_up(error)
                 return
             delay = policy.delay(attempt, self._rng.random())
             await self._call_event_handler("on_reconnecting", attempt, delay)
