@@ -288,3 +288,30 @@ async def test_a_job_behind_a_link_that_gave_up_fails_at_once_with_the_cause() -
             assert "403" in str(caught.value)
             with pytest.raises(WorkerUnreachableError):
                 await runner.registry.wait_ready("worker", 60)
+
+
+async def test_an_outage_is_logged_once_with_its_cause_and_again_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that is down: one WARNING naming the cause (connection refused), not one per
+    retry; and one when the link is up again."""
+    caplog.set_level(logging.DEBUG, logger="fastapi_busproxy.proxy")
+    with socket.socket() as sock:  # a port that refuses connections, until the server starts
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app, _, _, _ = gateway_app()
+    runner = WorkerRunner()
+    proxy = client(f"ws://127.0.0.1:{port}/ws", active=True)
+    events = Events(proxy, "on_reconnecting", "on_connected")
+    async with runner:
+        await runner.add_workers(BaseWorker("voice"), proxy)
+        await asyncio.wait_for(events.wait("on_reconnecting", 4), 10)
+        async with running_uvicorn(app, port=port):
+            await asyncio.wait_for(events.wait("on_connected"), 10)
+            await runner.registry.wait_ready("worker", 10)
+            # (Read now: when this server stops, the next outage begins.)
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    refused = [w for w in warnings if "cannot connect" in w]
+    assert len(refused) == 1, "\n".join(warnings)
+    assert "ConnectionRefusedError" in refused[0]
+    assert len([w for w in warnings if "connected to" in w and "again after" in w]) == 1

@@ -182,6 +182,7 @@ class WebSocketProxyClient(ProxyWorker):
         self._connections = 0
         self._rng = random.Random()
         self._said_inactive = False
+        self._outage_failures = 0  # failed connection attempts since the link was last up
         self._resume = SessionState(replay_buffer_size) if resume and batching else None
         self._drained_flag = Flag()
 
@@ -294,17 +295,31 @@ class WebSocketProxyClient(ProxyWorker):
                     await self._give_up(exc)
                     return
                 delay = policy.delay(attempt, self._rng.random())
-                logger.info(
-                    "proxy %s: cannot connect to %s (%s); retry %d in %.2fs",
+                # Once per outage at WARNING, with the cause; each retry after at DEBUG.
+                first = self._outage_failures == 0
+                self._outage_failures += 1
+                logger.log(
+                    logging.WARNING if first else logging.DEBUG,
+                    "proxy %s: cannot connect to %s (%s: %s); retry %d in %.2fs%s",
                     self.name,
                     self.url,
+                    type(exc).__name__,
                     exc,
                     attempt,
                     delay,
+                    ", and on (logged again when connected)" if first else "",
                 )
                 await self._call_event_handler("on_reconnecting", attempt, delay)
                 await asyncio.sleep(delay)
                 continue
+            if self._outage_failures:
+                logger.warning(
+                    "proxy %s: connected to %s again after %d failed attempts",
+                    self.name,
+                    self.url,
+                    self._outage_failures,
+                )
+                self._outage_failures = 0
             received = self.stats.bytes_in
             info = await self._run_connection(connection)
             if info.by_us and info.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
