@@ -51,3 +51,7 @@ class CloseCode(enum.IntEnum):
 
     SESSION_REPLACED = 4002
     """Closed: a newer connection took over this worker name."""
+
+    WRONG_WORKER = 4003
+    """Refused: the peer announced a worker other than the one this link joins (a name set
+    differently on the two sides); the reason names both. No retry can fix it."""

@@ -101,6 +101,7 @@ class WorkerRegistry:
         self._waiters: dict[str, set[asyncio.Future[WorkerRegistryEntry]]] = {}
         # Workers whose link has given up, with why: a wait for them fails at once.
         self._unreachable: dict[str, BaseException] = {}
+        self._unreachable_handlers: list[Callable[[str, BaseException], None]] = []
         self._listeners: list[ChangeListener] = []
         self._tasks = TaskSet(f"registry:{runner_name}")
 
@@ -282,6 +283,17 @@ class WorkerRegistry:
         for waiter in self._waiters.get(name, ()):
             if not waiter.done():
                 waiter.set_exception(_unreachable(name, error))
+        for handler in list(self._unreachable_handlers):
+            handler(name, error)
+
+    def add_unreachable_handler(self, handler: Callable[[str, BaseException], None]) -> None:
+        """Call ``handler(name, error)`` (synchronously) when a worker becomes unreachable:
+        a requester ends the jobs it has in flight with it."""
+        self._unreachable_handlers.append(handler)
+
+    def remove_unreachable_handler(self, handler: Callable[[str, BaseException], None]) -> None:
+        if handler in self._unreachable_handlers:
+            self._unreachable_handlers.remove(handler)
 
     def clear_unreachable(self, name: str) -> None:
         """The link to ``name`` tries again: waits wait again."""

@@ -459,6 +459,8 @@ class BaseWorker(WorkerJobs, EventEmitter):
 
     async def _stop_jobs(self) -> None:
         if self._job_requester is not None:
+            if self._runner is not None:
+                self._runner.registry.remove_unreachable_handler(self._target_unreachable)
             await self._job_requester.stop(f"worker {self._name!r} stopped")
         if self._job_server is not None:
             await self._job_server.stop()

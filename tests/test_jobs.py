@@ -37,6 +37,7 @@ from fastapi_busproxy.messages import (
     BusJobUpdateRequestMessage,
     BusMessage,
     JobStatus,
+    WorkerRegistryEntry,
 )
 from tests.core_support import Probe, assert_no_leaks, running
 
@@ -917,3 +918,24 @@ async def test_a_repeated_request_does_not_end_the_running_job(
             assert job.status is JobStatus.COMPLETED
             assert served == [job.job_id]
     assert any("repeated request" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_job_in_flight_ends_when_its_worker_becomes_unreachable() -> None:
+    """The link to the job's worker gives up while the job waits for its answer: the job ends
+    then, as if the worker had answered with an error naming the cause (its hooks run), not at
+    its timeout."""
+    client = Client("client")
+    async with running(client) as runner:
+        registry = runner.registry
+        registry.register_remote(WorkerRegistryEntry(name="far"), origin="link")
+
+        async def run_job() -> None:
+            async with client.job("far", name="ask", timeout=60):
+                # The request is out, and nobody will answer it.
+                registry.unregister("far")  # the link went down...
+                registry.mark_unreachable("far", ConnectionError("refused by the peer"))
+
+        with pytest.raises(JobFailedError, match="unreachable: refused by the peer"):
+            await asyncio.wait_for(run_job(), 5)
+        await client.wait_for("on_job_error")
+        assert client.job_groups == {}

@@ -459,7 +459,7 @@ async def test_framed_batch_with_a_bad_entry_refuses_only_that_entry() -> None:
 async def test_framed_broken_frame_is_refused_as_framing() -> None:
     transport, delivered = FakeTransport(), Delivered()
     link = make_link(transport, delivered, framed=True)
-    transport.feed(b"\x07", encode_message(SERIALIZER.serialize(good())))
+    transport.feed(b"\x7f", encode_message(SERIALIZER.serialize(good())))
     transport.hang_up()
 
     await run_to_end(link)

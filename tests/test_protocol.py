@@ -14,13 +14,20 @@ import pytest
 from fastapi_busproxy import JSONMessageSerializer
 from fastapi_busproxy.closecodes import CloseCode
 from fastapi_busproxy.exceptions import MessageEncodeError
-from fastapi_busproxy.messages import BusDataMessage, BusJobRequestMessage, BusMessage
+from fastapi_busproxy.messages import (
+    BusDataMessage,
+    BusJobRequestMessage,
+    BusMessage,
+    BusWorkerRegistryMessage,
+    WorkerRegistryEntry,
+)
 from fastapi_busproxy.proxy.forwarding import ForwardingRules
 from fastapi_busproxy.proxy.framing import (
     FrameKind,
     decode_frame,
     encode_batch,
     encode_message,
+    encode_notice,
     encode_ping,
     encode_pong,
 )
@@ -36,7 +43,9 @@ REMOTE = "voice"
 SERIALIZER = JSONMessageSerializer()
 
 
-def make(*, framed: bool = False, now: float = 100.0, **config: Any) -> LinkProtocol:
+def make(
+    *, framed: bool = False, now: float = 100.0, client: bool = False, **config: Any
+) -> LinkProtocol:
     return LinkProtocol(
         name="gateway",
         config=LinkConfig(**config),
@@ -45,6 +54,7 @@ def make(*, framed: bool = False, now: float = 100.0, **config: Any) -> LinkProt
         rules=ForwardingRules.build(local_worker=LOCAL, remote_worker=REMOTE),
         framed=framed,
         now=now,
+        client=client,
     )
 
 
@@ -412,3 +422,50 @@ def test_the_servers_keepalive_starts_with_the_upgrade() -> None:
     ping = server.next_control()
     assert ping is not None
     assert ping[0] == FrameKind.PING
+
+
+# -- worker names that do not match ----------------------------------------------------------
+
+
+def announcement(name: str, target: str | None = LOCAL) -> bytes:
+    message = BusWorkerRegistryMessage(
+        source="proxy", target=target, runner="peer", workers=[WorkerRegistryEntry(name=name)]
+    )
+    return encode_message(SERIALIZER.serialize(message))
+
+
+def test_a_server_refuses_a_foreign_announcement_and_tells_the_client_why() -> None:
+    """Refused without harming the link (it may be a forgery), and, on our framed format, a
+    notice naming both sides' names: a client of ours then knows its names are wrong."""
+    server = make(framed=True)
+    assert server.receive_data(announcement("vocie"), 100.0) == []
+    assert server.close_info is None
+    assert server.stats.rejected_by_reason == {"foreign_registry": 1}
+    notice = decode_frame(server.next_control() or b"")
+    assert notice.kind is FrameKind.NOTICE
+    assert notice.notice.startswith("wrong worker: ")
+    assert "'voice'" in notice.notice
+    assert "'vocie'" in notice.notice
+
+
+def test_a_client_told_its_names_are_wrong_closes_with_4003() -> None:
+    client = make(framed=True, client=True)
+    client.receive_data(encode_notice("wrong worker: expected worker 'a' for 'b'"), 100.0)
+    assert client.close_info is not None
+    assert client.close_info.code == CloseCode.WRONG_WORKER
+    assert "expected worker 'a'" in client.close_info.reason
+
+
+def test_a_client_whose_server_announces_another_worker_closes_with_4003() -> None:
+    client = make(framed=True, client=True)
+    client.receive_data(announcement("assistant"), 100.0)
+    assert client.close_info is not None
+    assert client.close_info.code == CloseCode.WRONG_WORKER
+    assert "'voice'" in client.close_info.reason
+
+
+def test_another_notice_is_only_logged(caplog: pytest.LogCaptureFixture) -> None:
+    client = make(framed=True, client=True)
+    client.receive_data(encode_notice("something else"), 100.0)
+    assert client.close_info is None
+    assert "something else" in caplog.text

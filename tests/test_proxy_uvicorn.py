@@ -19,11 +19,14 @@ from fastapi_busproxy import (
     BusJobRequestMessage,
     BusMessage,
     CloseCode,
+    JobError,
     JobEvent,
+    JobFailedError,
     JSONMessageSerializer,
     WebSocketProxyClient,
     WebSocketProxyServer,
     WorkerRunner,
+    WorkerUnreachableError,
     include_bus_proxy,
     runner_of,
 )
@@ -760,3 +763,55 @@ async def test_a_client_that_reconnects_at_once_is_served_every_time(form: str) 
                 assert b'"assistant"' in first  # type: ignore[operator]
                 served += 1
     assert served == 30
+
+
+@pytest.mark.parametrize(
+    ("local_name", "remote_name"),
+    [("vocie", "assistant"), ("voice", "assitant")],
+    ids=["local_worker_name", "remote_worker_name"],
+)
+async def test_worker_names_that_do_not_match_fail_a_job_at_once_with_both_names(
+    local_name: str, remote_name: str
+) -> None:
+    """A name set differently on the two sides: the side that sees the other's announcement
+    closes with 4003 naming both, the client stops retrying, and a job for the remote worker
+    fails at once with that reason (not after its timeout)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        await runner_of(app).add_workers(BaseWorker("assistant"))
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    include_bus_proxy(app, "/ws", "assistant", remote_worker_name="voice")
+    async with running_uvicorn(app) as server:
+        runner = WorkerRunner(name="client-runner", handle_sigint=False)
+        voice = BaseWorker(local_name)
+        proxy = WebSocketProxyClient(
+            "proxy",
+            url=server.url("/ws"),
+            remote_worker_name=remote_name,
+            local_worker_name=local_name,
+            active=True,
+        )
+        events = Events(proxy, "on_gave_up", "on_reconnecting")
+        async with runner:
+            await runner.add_workers(voice, proxy)
+
+            async def run_job() -> None:
+                async with voice.job(remote_name, name="ask", timeout=60):
+                    pass
+
+            # The job's own timeout is 60 s: failing at all inside 10 s is the point. Before
+            # the mismatch is seen, the remote worker may look ready and the job go out: then
+            # it ends as if the worker had answered with an error.
+            with pytest.raises(JobError) as caught:
+                await asyncio.wait_for(run_job(), 10)
+            await asyncio.wait_for(events.wait("on_gave_up"), 10)
+        assert isinstance(caught.value, (WorkerUnreachableError, JobFailedError))
+        message = str(caught.value)
+        assert "'voice'" in message  # what the server expects...
+        assert repr(local_name) in message or repr(remote_name) in message  # ...and what it got
+        assert proxy.close_info is not None
+        assert proxy.close_info.code == CloseCode.WRONG_WORKER
+        assert events.seen["on_reconnecting"] == []

@@ -121,6 +121,16 @@ class JobRequester:
             return group
         return None
 
+    def waiting_on(self, worker_name: str) -> list[str]:
+        """The running groups that still wait for an answer from ``worker_name``."""
+        return [
+            job_id
+            for job_id, group in self.groups.items()
+            if worker_name in group.worker_names
+            and worker_name not in group.statuses
+            and worker_name not in group.terminated
+        ]
+
     def is_late(self, job_id: str, source: str) -> bool:
         members = self._recent.get(job_id)
         return members is not None and source in members

@@ -90,7 +90,24 @@ class WorkerJobs:
             requester = self._job_requester = JobRequester(
                 self._name, self.send_bus_message, self._spawn, max_events=self.job_event_buffer
             )
+            self.registry.add_unreachable_handler(self._target_unreachable)
         return requester
+
+    def _target_unreachable(self, name: str, error: BaseException) -> None:
+        """The link to ``name`` gave up: each job in flight with it ends now, as if ``name``
+        had answered with an error (the hooks run as for any error), not at its timeout."""
+        requester = self._job_requester
+        if requester is None:
+            return
+        for job_id in requester.waiting_on(name):
+            answer = BusJobResponseMessage(
+                source=name,
+                target=self._name,
+                job_id=job_id,
+                status=JobStatus.ERROR,
+                response={"error": f"worker {name!r} is unreachable: {error}"},
+            )
+            self._spawn(self._on_job_response(answer), name="unreachable")
 
     @property
     def _server(self) -> JobServer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from ..bus import DirectHandler
 from ..closecodes import CloseCode
@@ -27,6 +27,8 @@ MIN_MESSAGE_SIZE = 1024
 
 class ProxyWorker(BaseWorker):
     """Base of the two proxies: forwards bus messages through the current :class:`Link`."""
+
+    _client_end: ClassVar[bool] = False  # the client's end of its links
 
     def __init__(
         self,
@@ -193,6 +195,7 @@ class ProxyWorker(BaseWorker):
             session=session,
             on_outcome=self._session_outcome if resumable or session is not None else None,
             on_drained=self._drained if resumable or session is not None else None,
+            client=self._client_end,
         )
 
     def _drained(self) -> None:

@@ -80,6 +80,7 @@ class Link:
         on_outcome: Callable[[SessionOutcome], Awaitable[None]] | None = None,
         on_drained: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        client: bool = False,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -96,6 +97,7 @@ class Link:
             framed=framed,
             now=clock(),
             session=session,
+            client=client,
         )
         self._on_outcome = on_outcome
         self._on_drained = on_drained

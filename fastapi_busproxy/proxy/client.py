@@ -105,6 +105,7 @@ class WebSocketProxyClient(ProxyWorker):
         ``lost`` messages sent in it were never acknowledged.
     """
 
+    _client_end: ClassVar[bool] = True
     EVENTS: ClassVar[tuple[str, ...]] = (
         "on_connected",
         "on_disconnected",
@@ -323,6 +324,16 @@ class WebSocketProxyClient(ProxyWorker):
             received = self.stats.bytes_in
             info = await self._run_connection(connection)
             if info.by_us and info.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
+                return
+            if info.code == CloseCode.WRONG_WORKER:
+                # The two sides name the workers differently: no retry fixes that.
+                mismatch = ConfigurationError(
+                    f"{self.url}: worker names do not match ({info.reason}); this proxy has"
+                    f" local_worker_name={self.local_worker_name!r},"
+                    f" remote_worker_name={self.remote_worker_name!r}"
+                )
+                logger.error("proxy %s: %s; not retrying", self.name, mismatch)
+                await self._give_up(mismatch)
                 return
             # The link dropped. After a connection that served, try again after the first
             # backoff step; after a refusal (a duplicate session...), back off further.

@@ -25,8 +25,13 @@ server when it keeps sessions): the v1 frames, plus
           serialized messages as in a batch
 ``0x05``  acknowledgement: the highest sequence number delivered (8 bytes)
 ``0x06``  welcome (server to client, the first frame): UTF-8 JSON
-          ``{"session": id, "resumed": bool, "received": n}``
+          ``{"session": id, "resumed": bool, "received": n, "window": bytes}``
 =======  =====================================================================
+
+Both versions also carry ``0x07``, a *notice*: UTF-8 text telling the peer why something it
+sent was refused, for the peer's own log and decisions (``"wrong worker: ..."`` when its
+readiness announcement named workers the link does not join). A refused message is otherwise
+only counted and logged on the side that refused it.
 
 The client that resumes names its session and what it has delivered in the handshake's
 ``x-busproxy-resume: <session> <received>`` header. Readiness announcements stay unsequenced
@@ -67,6 +72,7 @@ __all__ = [
     "encode_ack",
     "encode_batch",
     "encode_message",
+    "encode_notice",
     "encode_ping",
     "encode_pong",
     "encode_sequenced",
@@ -106,6 +112,7 @@ class FrameKind(enum.IntEnum):
     SEQUENCED = 4
     ACK = 5
     WELCOME = 6
+    NOTICE = 7
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ class Frame:
     token: int = 0  # a ping's or pong's token; an acknowledgement's sequence number
     seq: int = 0  # sequenced: the first message's sequence number
     welcome: Welcome | None = None
+    notice: str = ""  # a notice's text
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,18 @@ def encode_ack(seq: int) -> bytes:
     return b"\x05" + _TOKEN.pack(seq)
 
 
+MAX_NOTICE = 512
+"""Longest notice text read, in bytes (longer is cut)."""
+
+WRONG_WORKER_NOTICE = "wrong worker: "
+"""A notice's prefix when the peer's announcement named workers this link does not join."""
+
+
+def encode_notice(text: str) -> bytes:
+    """A notice to the peer: why something it sent was refused (UTF-8 text, 0x07)."""
+    return b"\x07" + text.encode()[:MAX_NOTICE]
+
+
 def encode_welcome(welcome: Welcome) -> bytes:
     body: dict[str, object] = {
         "session": welcome.session,
@@ -311,4 +331,9 @@ def decode_frame(data: bytes) -> Frame:
         return Frame(FrameKind(kind), token=_TOKEN.unpack_from(data, 1)[0])
     if kind == FrameKind.WELCOME:
         return Frame(FrameKind.WELCOME, welcome=_decode_welcome(data[1:]))
+    if kind == FrameKind.NOTICE:
+        try:
+            return Frame(FrameKind.NOTICE, notice=data[1:MAX_NOTICE + 1].decode())
+        except UnicodeDecodeError:
+            raise FramingError("notice is not UTF-8") from None
     raise FramingError(f"unknown frame kind 0x{kind:02x}")

@@ -37,11 +37,12 @@ from typing import Any, NamedTuple
 
 from ..closecodes import CloseCode
 from ..exceptions import MessageEncodeError
-from ..messages import BusMessage, mark_origin
+from ..messages import BusMessage, BusWorkerRegistryMessage, mark_origin
 from ..serializers import MessageSerializer
-from .forwarding import ForwardingRules
+from .forwarding import ForwardingRules, Refusal
 from .framing import (
     UPGRADE_ACK,
+    WRONG_WORKER_NOTICE,
     FrameKind,
     FramingError,
     Welcome,
@@ -49,6 +50,7 @@ from .framing import (
     encode_ack,
     encode_batch,
     encode_message,
+    encode_notice,
     encode_ping,
     encode_pong,
     encode_sequenced,
@@ -206,6 +208,7 @@ class LinkProtocol:
         "_upgrade_expected",
         "_upgrade_session",
         "_write_started",
+        "client",
         "close_info",
         "config",
         "name",
@@ -231,8 +234,11 @@ class LinkProtocol:
         framed: bool,
         now: float,
         session: SessionState | None = None,
+        client: bool = False,
     ) -> None:
         self.name = name
+        self.client = client
+        """The client's end of the link (the server's otherwise)."""
         self.config = config
         self.stats = stats
         self.serializer = serializer
@@ -442,6 +448,9 @@ class LinkProtocol:
             assert frame.welcome is not None
             self._receive_welcome(frame.welcome)
             return []
+        if frame.kind is FrameKind.NOTICE:
+            self._receive_notice(frame.notice)
+            return []
         accepted: list[BusMessage] = []
         for payload in frame.payloads:
             message = self._accept(payload)
@@ -634,6 +643,9 @@ class LinkProtocol:
             self._refuse("malformed", f"decoded to {type(message).__name__}", malformed=True)
             return None
         refusal = self.rules.check_inbound(message)
+        if refusal is Refusal.FOREIGN_REGISTRY and isinstance(message, BusWorkerRegistryMessage):
+            self._foreign_registry(message)
+            return None
         if refusal is not None:
             self._refuse(
                 refusal.value,
@@ -645,6 +657,44 @@ class LinkProtocol:
         self.stats.messages_in += 1
         mark_origin(message, self.name)
         return message
+
+    def _foreign_registry(self, message: BusWorkerRegistryMessage) -> None:
+        """The peer announced workers this link does not join: refused, as any message
+        that may not cross. Our client takes it as its own names being wrong (the server
+        announces what it serves) and closes with 4003; a server tells the peer why in a
+        notice (framed links), since a client of ours then knows its names are wrong."""
+        rules = self.rules
+        announced = ", ".join(repr(entry.name) for entry in message.workers) or "none"
+        reason = (
+            f"expected worker {rules.remote_worker!r} for {rules.local_worker!r},"
+            f" got {announced} for {message.target!r}"
+        )
+        if self.client:
+            self._wrong_worker(reason)
+            return
+        self._refuse(Refusal.FOREIGN_REGISTRY.value, reason, malformed=False)
+        if self.send_framed:
+            self.queue_control(encode_notice(WRONG_WORKER_NOTICE + reason))
+
+    def _wrong_worker(self, reason: str) -> None:
+        """This client's worker names do not match the server's: close with 4003 (no retry
+        fixes it), naming both."""
+        self.stats.rejected += 1
+        reasons = self.stats.rejected_by_reason
+        reasons["wrong_worker"] = reasons.get("wrong_worker", 0) + 1
+        logger.warning(
+            "link %s: worker names do not match the peer's: %s; closing with %d",
+            self.name,
+            reason,
+            CloseCode.WRONG_WORKER,
+        )
+        self.close(CloseCode.WRONG_WORKER, reason.encode()[:120].decode(errors="ignore"))
+
+    def _receive_notice(self, text: str) -> None:
+        if self.client and text.startswith(WRONG_WORKER_NOTICE):
+            self._wrong_worker(text[len(WRONG_WORKER_NOTICE) :])
+            return
+        logger.warning("link %s: the peer says: %s", self.name, text)
 
     def _refuse(self, reason: str, detail: str, *, malformed: bool) -> None:
         stats = self.stats
