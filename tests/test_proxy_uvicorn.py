@@ -582,16 +582,16 @@ async def test_a_socket_the_app_accepted_itself_is_upgraded_in_band_for_our_clie
             assert proxy.stats.rejected == gateway.stats.rejected == 0
 
 
-def _tasks_by_coroutine() -> Counter[str]:
-    return Counter(task.get_coro().__qualname__ for task in asyncio.all_tasks())  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize("form", ["include_bus_proxy", "hand-wired"])
-async def test_a_server_connection_costs_two_tasks_besides_the_endpoints(form: str) -> None:
-    """The endpoint's task reads (it runs the link); the proxy's worker delivery and the
-    link's writer are the only tasks a connection adds, idle or not."""
-    from websockets.asyncio.client import connect
-
+def assistant_app(
+    form: str,
+    *,
+    proxy_class: type[WebSocketProxyServer] = WebSocketProxyServer,
+    wait: str = "wait_connection",
+    session_workers: Any = None,
+    **proxy_options: Any,
+) -> FastAPI:
+    """An app with an "assistant" worker and a route ``/ws/{caller}``: the plugin's, or the
+    reference page's hand-wired endpoint (one proxy per connection, awaited with ``wait``)."""
     runner = WorkerRunner(name="server-runner", handle_sigint=False)
 
     @asynccontextmanager
@@ -610,15 +610,15 @@ async def test_a_server_connection_costs_two_tasks_besides_the_endpoints(form: s
         @app.websocket("/ws/{caller}")
         async def endpoint(websocket: WebSocket, caller: str) -> None:
             await websocket.accept()
-            proxy = WebSocketProxyServer(
+            proxy = proxy_class(
                 f"gateway:{caller}",
                 websocket=websocket,
                 worker_name="assistant",
                 remote_worker_name=caller,
-                resume_grace=30,
+                **proxy_options,
             )
             await runner.add_workers(proxy)
-            await proxy.wait_connection()
+            await getattr(proxy, wait)()
 
     else:
         include_bus_proxy(
@@ -626,7 +626,22 @@ async def test_a_server_connection_costs_two_tasks_besides_the_endpoints(form: s
             "/ws/{caller}",
             "assistant",
             remote_worker_name=lambda session: session.path_params["caller"],
+            session_workers=session_workers,
         )
+    return app
+
+
+def _tasks_by_coroutine() -> Counter[str]:
+    return Counter(task.get_coro().__qualname__ for task in asyncio.all_tasks())  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("form", ["include_bus_proxy", "hand-wired"])
+async def test_a_server_connection_costs_two_tasks_besides_the_endpoints(form: str) -> None:
+    """The endpoint's task reads (it runs the link); the proxy's worker delivery and the
+    link's writer are the only tasks a connection adds, idle or not."""
+    from websockets.asyncio.client import connect
+
+    app = assistant_app(form, resume_grace=30)
     count = 5
     async with running_uvicorn(app) as server:
         before = _tasks_by_coroutine()
@@ -723,42 +738,16 @@ async def test_a_client_that_reconnects_at_once_is_served_every_time(form: str) 
     refused as a duplicate (4001, HTTP 409) nor dropped."""
     from websockets.asyncio.client import connect
 
-    runner = WorkerRunner(name="server-runner", handle_sigint=False)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        if form == "hand-wired":
-            async with runner:
-                await runner.add_workers(BaseWorker("assistant"))
-                yield
-        else:
-            await runner_of(app).add_workers(BaseWorker("assistant"))
-            yield
-
-    app = FastAPI(lifespan=lifespan)
-    if form == "hand-wired":
-
-        @app.websocket("/ws")
-        async def endpoint(websocket: WebSocket) -> None:
-            await websocket.accept()
-            proxy = SlowProxy(
-                "gateway", websocket=websocket, worker_name="assistant", remote_worker_name="voice"
-            )
-            await runner.add_workers(proxy)
-            await proxy.wait()
-
-    else:
-        include_bus_proxy(
-            app,
-            "/ws",
-            "assistant",
-            remote_worker_name="voice",
-            session_workers=lambda session: [SlowToStop("helper")],
-        )
+    app = assistant_app(
+        form,
+        proxy_class=SlowProxy,
+        wait="wait",
+        session_workers=lambda session: [SlowToStop("helper")],
+    )
     served = 0
     async with running_uvicorn(app) as server:
         for _ in range(30):
-            async with connect(server.url("/ws"), ping_interval=None) as ws:
+            async with connect(server.url("/ws/voice"), ping_interval=None) as ws:
                 first = await asyncio.wait_for(ws.recv(), 10)  # closed (4001) if refused
                 assert b'"assistant"' in first  # type: ignore[operator]
                 served += 1
