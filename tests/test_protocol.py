@@ -469,3 +469,25 @@ def test_another_notice_is_only_logged(caplog: pytest.LogCaptureFixture) -> None
     client.receive_data(encode_notice("something else"), 100.0)
     assert client.close_info is None
     assert "something else" in caplog.text
+
+
+def test_a_refusal_is_told_to_the_peer_once_per_kind() -> None:
+    """On our framed format the peer learns why its message was refused (both names in it),
+    once per kind, as the refusing side logs it."""
+    server = make(framed=True)
+    forged = BusJobRequestMessage(source="vocie", target=LOCAL, job_id="j")
+    for _ in range(3):
+        server.receive_data(encode_message(SERIALIZER.serialize(forged)), 100.0)
+    notices = []
+    while (data := server.next_control()) is not None:
+        notices.append(decode_frame(data).notice)
+        server.control_written()
+    assert notices == [f"refused (forged_source): BusJobRequestMessage from 'vocie' to {LOCAL!r}"]
+    assert server.stats.rejected_by_reason == {"forged_source": 3}
+
+
+def test_a_plain_link_tells_nothing() -> None:
+    server = make(framed=False)
+    forged = BusJobRequestMessage(source="vocie", target=LOCAL, job_id="j")
+    server.receive_data(SERIALIZER.serialize(forged), 100.0)
+    assert server.next_control() is None  # a reference peer would not understand a notice

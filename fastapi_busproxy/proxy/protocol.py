@@ -41,6 +41,7 @@ from ..messages import BusMessage, BusWorkerRegistryMessage, mark_origin
 from ..serializers import MessageSerializer
 from .forwarding import ForwardingRules, Refusal
 from .framing import (
+    MAX_NOTICE,
     UPGRADE_ACK,
     WRONG_WORKER_NOTICE,
     FrameKind,
@@ -672,7 +673,7 @@ class LinkProtocol:
         if self.client:
             self._wrong_worker(reason)
             return
-        self._refuse(Refusal.FOREIGN_REGISTRY.value, reason, malformed=False)
+        self._refuse(Refusal.FOREIGN_REGISTRY.value, reason, malformed=False, tell=False)
         if self.send_framed:
             self.queue_control(encode_notice(WRONG_WORKER_NOTICE + reason))
 
@@ -694,9 +695,9 @@ class LinkProtocol:
         if self.client and text.startswith(WRONG_WORKER_NOTICE):
             self._wrong_worker(text[len(WRONG_WORKER_NOTICE) :])
             return
-        logger.warning("link %s: the peer says: %s", self.name, text)
+        logger.warning("link %s: the peer says: %s", self.name, text[:MAX_NOTICE])
 
-    def _refuse(self, reason: str, detail: str, *, malformed: bool) -> None:
+    def _refuse(self, reason: str, detail: str, *, malformed: bool, tell: bool = True) -> None:
         stats = self.stats
         stats.rejected += 1
         stats.rejected_by_reason[reason] = stats.rejected_by_reason.get(reason, 0) + 1
@@ -711,6 +712,9 @@ class LinkProtocol:
                 reason,
                 detail,
             )
+            if tell and self.send_framed and not self.closing:
+                # The peer learns why too, once per kind (our framed format only).
+                self.queue_control(encode_notice(f"refused ({reason}): {detail}"))
         else:
             logger.debug("link %s: refused inbound data (%s): %s", self.name, reason, detail)
         self._bad_in_a_row += 1
