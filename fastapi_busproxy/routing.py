@@ -57,7 +57,7 @@ from .exceptions import ConfigurationError
 from .lifespan import _state, bus_lifespan, runner_of
 from .messages import BusMessage
 from .proxy.framing import RESUME_HEADER, parse_resume_header
-from .proxy.server import WebSocketProxyServer
+from .proxy.server import SESSION_END_WAIT, WebSocketProxyServer
 from .runner import RunnerState, WorkerRunner
 from .serializers import MessageSerializer
 from .session import WorkerSession
@@ -67,9 +67,6 @@ __all__ = ["BusSession", "bus_proxy_router", "include_bus_proxy"]
 
 _session_ids = itertools.count(1)
 
-SESSION_END_WAIT = 10.0
-"""Seconds a new connection waits for the last session under its name to finish ending (its
-workers stopping) before it is refused with 1013 (try again later)."""
 
 logger = logging.getLogger(__name__)
 

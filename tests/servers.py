@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from fastapi_busproxy.serve import Server
+from fastapi_busproxy.testing import _answered
 
 
 def listening_socket(port: int = 0) -> socket.socket:
@@ -50,21 +51,9 @@ async def running_uvicorn(
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     port = sock.getsockname()[1]
     try:
-        await asyncio.wait_for(_answered(port), 15)
+        await asyncio.wait_for(_answered("127.0.0.1", port), 15)
         yield RunningServer(server, port)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
         sock.close()
-
-
-async def _answered(port: int) -> None:
-    """Return once the server answers an HTTP request: its lifespan startup has run."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"GET /__started__ HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()

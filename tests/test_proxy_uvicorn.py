@@ -671,18 +671,12 @@ async def test_a_refused_duplicate_client_backs_off_and_gives_up() -> None:
     refusal is one more failed attempt, so the waits grow and max_attempts ends it, with the
     cause."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        await runner_of(app).add_workers(BaseWorker("assistant"))
-        yield
-
-    app = FastAPI(lifespan=lifespan)
-    include_bus_proxy(app, "/ws", "assistant", remote_worker_name="voice")
+    app = assistant_app("include_bus_proxy")  # the route /ws/voice expects "voice"
     async with running_uvicorn(app) as server:
         first_runner = WorkerRunner(name="first", handle_sigint=False)
         first = WebSocketProxyClient(
             "proxy",
-            url=server.url("/ws"),
+            url=server.url("/ws/voice"),
             remote_worker_name="assistant",
             local_worker_name="voice",
             active=True,
@@ -690,7 +684,7 @@ async def test_a_refused_duplicate_client_backs_off_and_gives_up() -> None:
         second_runner = WorkerRunner(name="second", handle_sigint=False)
         second = WebSocketProxyClient(
             "proxy",
-            url=server.url("/ws"),
+            url=server.url("/ws/voice"),
             remote_worker_name="assistant",
             local_worker_name="voice",
             active=True,
@@ -766,19 +760,13 @@ async def test_worker_names_that_do_not_match_fail_a_job_at_once_with_both_names
     closes with 4003 naming both, the client stops retrying, and a job for the remote worker
     fails at once with that reason (not after its timeout)."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
-        await runner_of(app).add_workers(BaseWorker("assistant"))
-        yield
-
-    app = FastAPI(lifespan=lifespan)
-    include_bus_proxy(app, "/ws", "assistant", remote_worker_name="voice")
+    app = assistant_app("include_bus_proxy")  # the route /ws/voice expects "voice"
     async with running_uvicorn(app) as server:
         runner = WorkerRunner(name="client-runner", handle_sigint=False)
         voice = BaseWorker(local_name)
         proxy = WebSocketProxyClient(
             "proxy",
-            url=server.url("/ws"),
+            url=server.url("/ws/voice"),
             remote_worker_name=remote_name,
             local_worker_name=local_name,
             active=True,

@@ -67,23 +67,8 @@ class JobRequester:
         for name in worker_names:
             if not isinstance(name, str):
                 raise TypeError(f"worker names are str, not {type(name).__name__}")
-        waits = [asyncio.ensure_future(registry.wait_ready(name)) for name in worker_names]
-        try:
-            await asyncio.wait_for(asyncio.gather(*waits), params.timeout)
-        except BaseException as exc:
-            # One wait failed (an unreachable worker) or timed out: end the others too.
-            for wait in waits:
-                wait.cancel()
-            # (WorkerUnreachableError is a TimeoutError too: it is the cause, not the wait.)
-            if isinstance(exc, WorkerUnreachableError) or not isinstance(
-                exc, asyncio.TimeoutError
-            ):
-                raise
-            missing = [name for name in worker_names if name not in registry]
-            raise WorkerNotReadyError(
-                f"{', '.join(repr(n) for n in missing)} not ready within {params.timeout}s"
-                " (is it running, and is the proxy to it connected?)"
-            ) from None
+        if not all(name in registry for name in worker_names):
+            await self._wait_ready(worker_names, params, registry)
         group = JobGroup(
             str(uuid.uuid4()),
             list(worker_names),
@@ -120,6 +105,28 @@ class JobRequester:
         if group is not None and source in group.worker_names:
             return group
         return None
+
+    async def _wait_ready(
+        self, worker_names: list[str], params: JobGroupParams, registry: WorkerRegistry
+    ) -> None:
+        """Wait until every worker is ready, within ``params.timeout``."""
+        waits = [asyncio.ensure_future(registry.wait_ready(name)) for name in worker_names]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), params.timeout)
+        except BaseException as exc:
+            # One wait failed (an unreachable worker) or timed out: end the others too.
+            for wait in waits:
+                wait.cancel()
+            # (WorkerUnreachableError is a TimeoutError too: it is the cause, not the wait.)
+            if isinstance(exc, WorkerUnreachableError) or not isinstance(
+                exc, asyncio.TimeoutError
+            ):
+                raise
+            missing = [name for name in worker_names if name not in registry]
+            raise WorkerNotReadyError(
+                f"{', '.join(repr(n) for n in missing)} not ready within {params.timeout}s"
+                " (is it running, and is the proxy to it connected?)"
+            ) from None
 
     def waiting_on(self, worker_name: str) -> list[str]:
         """The running groups that still wait for an answer from ``worker_name``."""

@@ -340,6 +340,8 @@ class Link:
                     self.outbox.notify()  # an acknowledgement to write
         finally:
             self._deliverer = None
+            if not inbound:
+                self._inbound = None  # an idle link holds no deque block
 
     def _ack_timer(self) -> None:
         protocol = self.protocol

@@ -43,8 +43,9 @@ _DETACHING_CODES = frozenset(
 )
 
 
-# Seconds a new proxy under the name of one that is ending waits for it to leave the runner.
-_END_WAIT = 10.0
+SESSION_END_WAIT = 10.0
+"""Seconds a newcomer under the name of a session that is ending (a proxy leaving its runner,
+the plugin's session workers stopping) waits for it before it is refused."""
 
 
 class WebSocketProxyServer(ProxyWorker):
@@ -296,12 +297,11 @@ class WebSocketProxyServer(ProxyWorker):
         if not self.session_open:
             # Ending (its connection closed): the name is free once it has left the runner.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wait(), _END_WAIT)
+                await asyncio.wait_for(self.wait(), SESSION_END_WAIT)
             return False
         if self._resume is None:
             return False
-        headers = getattr(newcomer.websocket, "headers", None)
-        resume = parse_resume_header(headers.get(RESUME_HEADER) if headers else None)
+        resume = parse_resume_header(_header(newcomer.websocket, RESUME_HEADER))
         if (
             resume is not None
             and newcomer.worker_name == self.worker_name
@@ -411,10 +411,7 @@ class WebSocketProxyServer(ProxyWorker):
             assert subprotocol is not None
             link.protocol.offer_upgrade(subprotocol)
         if session is not None:
-            headers = getattr(websocket, "headers", None)
-            session.peer_window = parse_window_header(
-                headers.get(WINDOW_HEADER) if headers else None
-            )
+            session.peer_window = parse_window_header(_header(websocket, WINDOW_HEADER))
             link.protocol.welcome(resumed=resumed, peer_delivered=peer_delivered)
         self._connection_ended.clear()
         self._link = self._unclaimed = link
@@ -551,6 +548,12 @@ class WebSocketProxyServer(ProxyWorker):
         link = self._link
         if link is not None:
             await link.close(code, reason)
+
+
+def _header(websocket: Any, name: str) -> str | None:
+    """A handshake header of ``websocket`` (``None`` if absent)."""
+    headers = getattr(websocket, "headers", None)
+    return headers.get(name) if headers else None
 
 
 def _not_accepted(websocket: Any) -> bool:
