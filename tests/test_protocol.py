@@ -17,21 +17,27 @@ from fastapi_busproxy.exceptions import MessageEncodeError
 from fastapi_busproxy.messages import (
     BusDataMessage,
     BusJobRequestMessage,
+    BusJobResponseMessage,
     BusMessage,
     BusWorkerRegistryMessage,
+    JobStatus,
     WorkerRegistryEntry,
 )
 from fastapi_busproxy.proxy.forwarding import ForwardingRules
 from fastapi_busproxy.proxy.framing import (
     FrameKind,
+    JobRefusal,
     decode_frame,
     encode_batch,
+    encode_job_refusal,
     encode_message,
     encode_notice,
     encode_ping,
     encode_pong,
+    parse_job_refusal,
 )
 from fastapi_busproxy.proxy.protocol import (
+    MAX_PENDING_JOB_NOTICES,
     MAX_PENDING_PONGS,
     LinkConfig,
     LinkProtocol,
@@ -475,15 +481,70 @@ def test_a_refusal_is_told_to_the_peer_once_per_kind() -> None:
     """On our framed format the peer learns why its message was refused (both names in it),
     once per kind, as the refusing side logs it."""
     server = make(framed=True)
-    forged = BusJobRequestMessage(source="vocie", target=LOCAL, job_id="j")
+    forged = BusDataMessage(source="vocie", target=LOCAL)
     for _ in range(3):
         server.receive_data(encode_message(SERIALIZER.serialize(forged)), 100.0)
     notices = []
     while (data := server.next_control()) is not None:
         notices.append(decode_frame(data).notice)
         server.control_written()
-    assert notices == [f"refused (forged_source): BusJobRequestMessage from 'vocie' to {LOCAL!r}"]
+    assert notices == [f"refused (forged_source): BusDataMessage from 'vocie' to {LOCAL!r}"]
     assert server.stats.rejected_by_reason == {"forged_source": 3}
+
+
+def refused_job_notices(protocol: LinkProtocol) -> list[JobRefusal]:
+    refusals = []
+    while (data := protocol.next_control()) is not None:
+        refusal = parse_job_refusal(decode_frame(data).notice)
+        if refusal is not None:
+            refusals.append(refusal)
+        protocol.control_written()
+    return refusals
+
+
+def test_each_refused_job_request_is_told_with_its_job_and_names() -> None:
+    server = make(framed=True)
+    for n in range(3):
+        job = BusJobRequestMessage(source="helper", target=LOCAL, job_id=f"j{n}")
+        server.receive_data(encode_message(SERIALIZER.serialize(job)), 100.0)
+    assert refused_job_notices(server) == [
+        JobRefusal(f"j{n}", "helper", LOCAL, "forged_source") for n in range(3)
+    ]
+
+
+def test_job_notices_waiting_to_be_written_are_bounded() -> None:
+    """A peer that floods refused jobs and reads nothing cannot grow our control queue."""
+    server = make(framed=True, max_bad_frames=10_000)
+    for n in range(MAX_PENDING_JOB_NOTICES + 20):
+        job = BusJobRequestMessage(source="helper", target=LOCAL, job_id=f"j{n}")
+        server.receive_data(encode_message(SERIALIZER.serialize(job)), 100.0)
+    assert len(refused_job_notices(server)) == MAX_PENDING_JOB_NOTICES
+    # Written, they make room again.
+    job = BusJobRequestMessage(source="helper", target=LOCAL, job_id="later")
+    server.receive_data(encode_message(SERIALIZER.serialize(job)), 100.0)
+    assert [r.job_id for r in refused_job_notices(server)] == ["later"]
+
+
+def test_a_job_notice_becomes_an_error_answer_to_the_requester() -> None:
+    client = make(framed=True, client=True)
+    refusal = JobRefusal("j1", "helper", REMOTE, "forged_source")
+    assert client.receive_data(encode_job_refusal(refusal), 100.0) == []
+    [answer] = client.take_answers()
+    assert isinstance(answer, BusJobResponseMessage)
+    assert (answer.source, answer.target, answer.job_id) == (REMOTE, "helper", "j1")
+    assert answer.status is JobStatus.ERROR
+    assert "forged_source" in (answer.response or {})["error"]
+    assert client.take_answers() == []
+    assert client.close_info is None
+
+
+def test_a_job_notice_cannot_answer_for_another_worker() -> None:
+    """The peer may answer for the worker this link sends to, not for any other."""
+    client = make(framed=True, client=True)
+    client.receive_data(encode_job_refusal(JobRefusal("j1", "helper", "bank", "x")), 100.0)
+    client.receive_data(encode_notice('job refused: {"job": 1}'), 100.0)
+    assert client.take_answers() == []
+    assert client.close_info is None
 
 
 def test_a_plain_link_tells_nothing() -> None:

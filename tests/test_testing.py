@@ -109,3 +109,18 @@ async def test_a_peer_under_another_name_fails_at_once_with_both_names() -> None
             await ask()
         assert "'voice'" in str(caught.value)
         assert "'vocie'" in str(caught.value)
+
+
+async def test_a_job_the_app_refuses_fails_at_once_with_the_reason() -> None:
+    """A second worker of the peer's asks the app's worker through the link; the route
+    serves only "voice", so the app refuses the request (forged source), and the requester's
+    job fails at once with that reason instead of at its timeout."""
+    async with running_app(make_app()) as url:
+        async with RemotePeer(f"{url}/ws", "voice", remote_worker_name="assistant") as peer:
+            helper = BaseWorker("helper")
+            await peer.runner.add_workers(helper)
+            with pytest.raises(JobFailedError, match=r"refused the job request \(forged_source\)"):
+                async with helper.job("assistant", name="double", timeout=60):
+                    pass
+            assert await peer.job("double", payload={"n": 2}) == {"n": 4}  # the link is fine
+            assert peer.stats.rejected == 0

@@ -268,6 +268,10 @@ class Link:
             else:
                 for message in messages:
                     await self._deliver_one(message)
+            if protocol.has_answers:
+                # Our jobs the peer refused: their requesters hear it now (rare; unsequenced).
+                for answer in protocol.take_answers():
+                    await self._deliver_one(answer)
             if protocol.closing:
                 raise _ProtocolClosed
             outcome = protocol.outcome

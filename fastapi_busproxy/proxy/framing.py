@@ -30,8 +30,10 @@ server when it keeps sessions): the v1 frames, plus
 
 Both versions also carry ``0x07``, a *notice*: UTF-8 text telling the peer why something it
 sent was refused, for the peer's own log and decisions (``"wrong worker: ..."`` when its
-readiness announcement named workers the link does not join). A refused message is otherwise
-only counted and logged on the side that refused it.
+readiness announcement named workers the link does not join; ``"refused (reason): ..."`` once
+per kind of refusal; ``"job refused: {json}"`` for each refused job request, naming the job, its
+requester and its worker, so the requester's job ends at once with the reason instead of at its
+timeout).
 
 The client that resumes names its session and what it has delivered in the handshake's
 ``x-busproxy-resume: <session> <received>`` header. Readiness announcements stay unsequenced
@@ -61,6 +63,8 @@ __all__ = [
     "Frame",
     "FrameKind",
     "FramingError",
+    "JOB_REFUSED_NOTICE",
+    "JobRefusal",
     "RESUME_HEADER",
     "SUBPROTOCOL_PREFIX",
     "SUBPROTOCOL_PREFIX_V2",
@@ -72,12 +76,14 @@ __all__ = [
     "encode_ack",
     "encode_batch",
     "encode_message",
+    "encode_job_refusal",
     "encode_notice",
     "encode_ping",
     "encode_pong",
     "encode_sequenced",
     "encode_upgrade",
     "encode_welcome",
+    "parse_job_refusal",
     "format_resume_header",
     "is_resumable",
     "parse_resume_header",
@@ -251,9 +257,51 @@ WRONG_WORKER_NOTICE = "wrong worker: "
 """A notice's prefix when the peer's announcement named workers this link does not join."""
 
 
+JOB_REFUSED_NOTICE = "job refused: "
+"""A notice's prefix when one job request was refused: JSON naming the job follows."""
+
+
 def encode_notice(text: str) -> bytes:
     """A notice to the peer: why something it sent was refused (UTF-8 text, 0x07)."""
     return b"\x07" + text.encode()[:MAX_NOTICE]
+
+
+@dataclass(frozen=True)
+class JobRefusal:
+    """What a ``job refused`` notice names: the job, who asked, whom, and why."""
+
+    job_id: str
+    source: str
+    target: str
+    reason: str
+
+
+def encode_job_refusal(refusal: JobRefusal) -> bytes:
+    body = {
+        "job": refusal.job_id,
+        "source": refusal.source,
+        "target": refusal.target,
+        "reason": refusal.reason,
+    }
+    text = JOB_REFUSED_NOTICE + json.dumps(body, separators=(",", ":"))
+    if len(text.encode()) > MAX_NOTICE:  # long names: the reason gives way (it is logged)
+        body["reason"] = body["reason"][:40]
+        text = JOB_REFUSED_NOTICE + json.dumps(body, separators=(",", ":"))
+    return encode_notice(text)
+
+
+def parse_job_refusal(text: str) -> JobRefusal | None:
+    """The refusal a ``job refused`` notice names; ``None`` if it is not one, or malformed."""
+    if not text.startswith(JOB_REFUSED_NOTICE):
+        return None
+    try:
+        body = json.loads(text[len(JOB_REFUSED_NOTICE) :])
+        fields = [body[key] for key in ("job", "source", "target", "reason")]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not all(isinstance(value, str) for value in fields):
+        return None
+    return JobRefusal(*fields)
 
 
 def encode_welcome(welcome: Welcome) -> bytes:

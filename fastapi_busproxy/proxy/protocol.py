@@ -37,19 +37,29 @@ from typing import Any, NamedTuple
 
 from ..closecodes import CloseCode
 from ..exceptions import MessageEncodeError
-from ..messages import BusMessage, BusWorkerRegistryMessage, mark_origin
+from ..messages import (
+    BusJobRequestMessage,
+    BusJobResponseMessage,
+    BusMessage,
+    BusWorkerRegistryMessage,
+    JobStatus,
+    mark_origin,
+)
 from ..serializers import MessageSerializer
 from .forwarding import ForwardingRules, Refusal
 from .framing import (
+    JOB_REFUSED_NOTICE,
     MAX_NOTICE,
     UPGRADE_ACK,
     WRONG_WORKER_NOTICE,
     FrameKind,
     FramingError,
+    JobRefusal,
     Welcome,
     decode_frame,
     encode_ack,
     encode_batch,
+    encode_job_refusal,
     encode_message,
     encode_notice,
     encode_ping,
@@ -58,6 +68,7 @@ from .framing import (
     encode_upgrade,
     encode_welcome,
     is_resumable,
+    parse_job_refusal,
     parse_upgrade,
 )
 from .resume import SessionState
@@ -69,6 +80,12 @@ __all__ = ["CloseInfo", "LinkConfig", "LinkProtocol", "LinkStats", "Packed", "Se
 MAX_PENDING_PONGS = 16
 """Pongs owed at once; pings beyond are not answered (a peer flooding pings cannot grow the
 queue of control frames)."""
+
+MAX_PENDING_JOB_NOTICES = 16
+"""``job refused`` notices waiting to be written at once; a refused job beyond is not told
+(its requester's job ends at its timeout)."""
+
+_JOB_NOTICE_START = bytes([FrameKind.NOTICE]) + JOB_REFUSED_NOTICE.encode()
 
 ACK_EVERY = 32
 """Resumable links: messages delivered before an acknowledgement goes out on its own."""
@@ -194,6 +211,7 @@ class LinkProtocol:
     __slots__ = (
         "_ack_timer_set",
         "_acked_out",
+        "_answers",
         "_awaiting_upgrade_ack",
         "_awaiting_welcome",
         "_bad_in_a_row",
@@ -204,6 +222,7 @@ class LinkProtocol:
         "_logged_refusals",
         "_next_ping",
         "_owed_bytes",
+        "_pending_job_notices",
         "_pending_pongs",
         "_undelivered",
         "_upgrade_expected",
@@ -256,6 +275,9 @@ class LinkProtocol:
         # use (a server holds one protocol per connection).
         self._control: deque[bytes] | None = None
         self._pending_pongs = 0
+        self._pending_job_notices = 0
+        # Answers made up for our jobs the peer refused (see take_answers).
+        self._answers: list[BusMessage] | None = None
         self._bad_in_a_row = 0
         self._logged_refusals: set[str] | None = None
         self._write_started: float | None = None
@@ -653,6 +675,8 @@ class LinkProtocol:
                 f"{type(message).__name__} from {message.source!r} to {message.target!r}",
                 malformed=False,
             )
+            if isinstance(message, BusJobRequestMessage):
+                self._tell_job_refused(message, refusal.value)
             return None
         self._bad_in_a_row = 0
         self.stats.messages_in += 1
@@ -691,11 +715,66 @@ class LinkProtocol:
         )
         self.close(CloseCode.WRONG_WORKER, reason.encode()[:120].decode(errors="ignore"))
 
+    def _tell_job_refused(self, message: BusJobRequestMessage, reason: str) -> None:
+        """Each refused job request is told to a peer of ours, so that its requester's job
+        ends now rather than at its timeout. At most ``MAX_PENDING_JOB_NOTICES`` wait to be
+        written: a peer that floods refused jobs and reads nothing gets no more (its jobs
+        then end at their timeouts)."""
+        if (
+            not self.send_framed
+            or self.closing
+            or self._pending_job_notices >= MAX_PENDING_JOB_NOTICES
+        ):
+            return
+        self._pending_job_notices += 1
+        refusal = JobRefusal(message.job_id, message.source, str(message.target), reason)
+        self.queue_control(encode_job_refusal(refusal))
+
     def _receive_notice(self, text: str) -> None:
         if self.client and text.startswith(WRONG_WORKER_NOTICE):
             self._wrong_worker(text[len(WRONG_WORKER_NOTICE) :])
             return
+        if text.startswith(JOB_REFUSED_NOTICE):
+            self._job_refused(text)
+            return
         logger.warning("link %s: the peer says: %s", self.name, text[:MAX_NOTICE])
+
+    def _job_refused(self, text: str) -> None:
+        """The peer refused a job request of ours: its requester gets an error answer, as if
+        the worker had given it. Only for the worker this link sends to, whose answers the
+        peer could send anyway: a notice can end no other worker's job."""
+        refusal = parse_job_refusal(text)
+        if refusal is None or refusal.target != self.rules.remote_worker:
+            logger.debug("link %s: ignored a job notice: %s", self.name, text[:MAX_NOTICE])
+            return
+        logger.debug("link %s: the peer refused job %s", self.name, refusal.job_id)
+        answer = BusJobResponseMessage(
+            source=refusal.target,
+            target=refusal.source,
+            job_id=refusal.job_id,
+            status=JobStatus.ERROR,
+            response={
+                "error": f"the peer refused the job request ({refusal.reason}):"
+                f" {refusal.source!r} may not ask {refusal.target!r} over link {self.name!r}"
+            },
+        )
+        mark_origin(answer, self.name)
+        if self._answers is None:
+            self._answers = []
+        self._answers.append(answer)
+
+    @property
+    def has_answers(self) -> bool:
+        return self._answers is not None
+
+    def take_answers(self) -> list[BusMessage]:
+        """Answers made up for our jobs that the peer refused, to deliver like any message
+        let in (unsequenced: the peer's numbering does not count them)."""
+        answers = self._answers
+        if answers is None:
+            return []
+        self._answers = None
+        return answers
 
     def _refuse(self, reason: str, detail: str, *, malformed: bool, tell: bool = True) -> None:
         stats = self.stats
@@ -754,6 +833,8 @@ class LinkProtocol:
             self._control = None  # an empty deque still holds a block (about 700 bytes)
         if data[0] == FrameKind.PONG and self.send_framed:
             self._pending_pongs -= 1
+        elif data.startswith(_JOB_NOTICE_START):
+            self._pending_job_notices -= 1
 
     @property
     def batch_limit(self) -> int:
