@@ -75,7 +75,7 @@ async def demo() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m example_app", description=__doc__.split("\n")[0]
+        prog=f"python -m {__package__}", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command")
     server = commands.add_parser("server", help="serve the assistant")
