@@ -294,37 +294,44 @@ class Mailbox(Generic[_T]):
             if self._wait_order is not None:
                 self._wait_order.remove(key)
 
+    def take_nowait(self) -> _T | None:
+        """The item :meth:`get` would return now, or ``None`` if it would wait."""
+        system = self._system
+        if system is not None and system.n:
+            item = system.pop()
+            self._wake_system()
+            return item
+        turns = self._turns
+        admit = self._admit
+        for _ in range(len(turns) if turns else 0):
+            assert turns is not None
+            key = turns[0]
+            lane = self._lanes[key]
+            if admit is not None and not admit(lane.first()):
+                turns.rotate(-1)  # held back: the other senders go first
+                self._burst = 0
+                continue
+            item = lane.pop()
+            self._size -= 1
+            self._burst += 1
+            if not lane.n:
+                turns.popleft()
+                self._burst = 0
+            elif self._burst >= QUANTUM:
+                turns.rotate(-1)  # its next items wait for the other senders' turns
+                self._burst = 0
+            if self._waiting:
+                self._wake_fairest()
+            self._forget_if_idle()
+            return item
+        return None
+
     async def get(self) -> _T:
         """Take the next item: system lane first, then the data lanes in turn; wait while
         nothing is queued, or nothing queued may be admitted."""
         while True:
-            system = self._system
-            if system is not None and system.n:
-                item = system.pop()
-                self._wake_system()
-                return item
-            turns = self._turns
-            admit = self._admit
-            for _ in range(len(turns) if turns else 0):
-                assert turns is not None
-                key = turns[0]
-                lane = self._lanes[key]
-                if admit is not None and not admit(lane.first()):
-                    turns.rotate(-1)  # held back: the other senders go first
-                    self._burst = 0
-                    continue
-                item = lane.pop()
-                self._size -= 1
-                self._burst += 1
-                if not lane.n:
-                    turns.popleft()
-                    self._burst = 0
-                elif self._burst >= QUANTUM:
-                    turns.rotate(-1)  # its next items wait for the other senders' turns
-                    self._burst = 0
-                if self._waiting:
-                    self._wake_fairest()
-                self._forget_if_idle()
+            item = self.take_nowait()
+            if item is not None:
                 return item
             if self._closed:
                 raise BusClosedError("the subscriber's queue is closed")

@@ -164,6 +164,17 @@ class Subscription:
                 assert drained is not None
                 await drained()
 
+    def take_queued(self) -> BusMessage | None:
+        """For the handler running now: the next queued message, which it then handles
+        itself (counted as delivered), or ``None`` if nothing may be taken now. A proxy
+        writes what is queued for its link in one batch this way: its mailbox is its
+        outbox."""
+        message = self.mailbox.take_nowait()
+        if message is not None:
+            self.delivered += 1
+            self._handled += 1
+        return message
+
     def when_drained(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await ``callback()`` in the delivery task once as many messages as are queued now
         (and the one in hand) have been handled. Senders take turns, so this is a count: the

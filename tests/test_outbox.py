@@ -192,75 +192,19 @@ async def test_wait_for_room_wakes_when_cleared() -> None:
         waiter.cancel()
 
 
-async def test_wait_signal_wakes_on_put() -> None:
-    outbox = Outbox(max_size=5)
-    waiter = asyncio.create_task(outbox.wait_signal())
-    try:
-        await yield_until_blocked(waiter)
-        outbox.put_nowait(msg(0))
-        with anyio.fail_after(5):
-            await waiter
-    finally:
-        waiter.cancel()
-
-
-async def test_wait_signal_wakes_on_put_dropping_oldest() -> None:
+def test_every_put_wakes_the_link() -> None:
+    """A running link's writer is woken by each message queued (and only then)."""
     outbox = Outbox(max_size=1)
+    woken: list[int] = []
+    outbox.wake = lambda: woken.append(len(outbox))
     outbox.put_nowait(msg(0))
-    await _consume_signal(outbox)
-    waiter = asyncio.create_task(outbox.wait_signal())
-    try:
-        await yield_until_blocked(waiter)
-        outbox.put_dropping_oldest(msg(1))
-        with anyio.fail_after(5):
-            await waiter
-    finally:
-        waiter.cancel()
+    assert not outbox.put_nowait(msg(1))  # full: nothing queued, nobody woken
+    outbox.put_dropping_oldest(msg(2))
+    assert woken == [1, 1]
 
 
-async def test_wait_signal_wakes_on_notify() -> None:
-    outbox = Outbox(max_size=5)
-    waiter = asyncio.create_task(outbox.wait_signal())
-    try:
-        await yield_until_blocked(waiter)
-        outbox.notify()
-        with anyio.fail_after(5):
-            await waiter
-    finally:
-        waiter.cancel()
-    assert len(outbox) == 0
-
-
-async def test_signal_set_before_waiting_is_not_lost_and_is_consumed() -> None:
-    outbox = Outbox(max_size=5)
-    outbox.put_nowait(msg(0))  # before anyone waits
-    with anyio.fail_after(5):
-        await outbox.wait_signal()  # returns at once
-    # The signal was consumed: the next wait blocks until the next put.
-    waiter = asyncio.create_task(outbox.wait_signal())
-    try:
-        await yield_until_blocked(waiter)
-        outbox.notify()
-        with anyio.fail_after(5):
-            await waiter
-    finally:
-        waiter.cancel()
-
-
-async def test_failed_put_does_not_signal() -> None:
-    outbox = Outbox(max_size=1)
-    outbox.put_nowait(msg(0))
-    await _consume_signal(outbox)
-    waiter = asyncio.create_task(outbox.wait_signal())
-    try:
-        assert not outbox.put_nowait(msg(1))
-        await yield_until_blocked(waiter)
-    finally:
-        waiter.cancel()
-        await asyncio.wait((waiter,))
-    assert waiter.cancelled()
-
-
-async def _consume_signal(outbox: Outbox) -> None:
-    with anyio.fail_after(5):
-        await outbox.wait_signal()
+def test_without_a_link_a_put_wakes_nobody() -> None:
+    outbox = Outbox(max_size=2)
+    assert outbox.put_nowait(msg(0))
+    assert outbox.put_dropping_oldest(msg(1)) == 0
+    assert len(outbox) == 2

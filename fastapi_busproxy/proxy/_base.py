@@ -104,14 +104,49 @@ class ProxyWorker(BaseWorker):
         return await link.send_direct(message)
 
     async def _forward(self, message: BusMessage) -> None:
+        """In the proxy's bus delivery task: write ``message`` and what else is queued for
+        the link in one batch (the mailbox is the outbox while the link is up); queue what
+        must wait; hold it while no link can take it."""
+        link = self._link
+        if link is None or link.closing:
+            self._hold(message)
+            return
+        if not link.can_send_batch:  # the outbox has some, or the peer's window is full
+            await self._queue(message)
+            return
+        batch = [message]
+        after = self._take_batch(batch, link.protocol.batch_limit)
+        for waiting in await link.send_batch(batch):
+            await self._queue(waiting)
+        if after is not None:
+            await self._receive(after)
+
+    def _take_batch(self, batch: list[BusMessage], limit: int) -> BusMessage | None:
+        """Add to ``batch`` what is queued next in the mailbox for the link, up to ``limit``;
+        the first queued message that does not cross ends it, and is returned to be handled
+        after the batch (order is kept)."""
+        subscription = self.subscription
+        if subscription is None:
+            return None
+        name = self.name
+        should_send = self.rules.should_send
+        while len(batch) < limit:
+            message = subscription.take_queued()
+            if message is None:
+                return None
+            if message.target == name or not should_send(message):
+                return message
+            batch.append(message)
+        return None
+
+    async def _queue(self, message: BusMessage) -> None:
+        """Queue ``message`` behind what waits in the outbox; the link's writer sends it when
+        it may. A full outbox makes this wait (backpressure up the bus) up to
+        ``send_timeout``; then the link closes (peer too slow) and the message is held."""
         link = self._link
         outbox = self._outbox
         if link is not None and not link.closing:
-            # Nothing else waiting for the link: write now. Otherwise queue, and the pump
-            # batches what has piled up.
-            subscription = self.subscription
-            idle = subscription is None or subscription.queued == 0
-            if (idle and await link.send_direct(message)) or outbox.put_nowait(message):
+            if outbox.put_nowait(message):  # it wakes the link's writer
                 return
             try:
                 await asyncio.wait_for(outbox.wait_for_room(), self.link_config.send_timeout)
@@ -125,7 +160,8 @@ class ProxyWorker(BaseWorker):
                 )
                 await link.close(CloseCode.PEER_TOO_SLOW, "peer too slow")
             else:
-                if outbox.put_nowait(message):
+                link = self._link  # it may have changed meanwhile
+                if link is not None and not link.closing and outbox.put_nowait(message):
                     return
         self._hold(message)
 

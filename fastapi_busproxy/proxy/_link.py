@@ -1,12 +1,21 @@
 """One WebSocket connection between two buses: the I/O around a :class:`LinkProtocol`.
 
 The decisions are the protocol's (:mod:`.protocol`: limits, framing, what is let in, batching,
-deadlines, the close code); this module moves bytes and wakes tasks. A receive pump feeds what
-the socket gives to the protocol and delivers what it lets in to the bus; a send pump writes
-the protocol's control frames and the outbox's messages as the protocol packs them; a timer
-(not a task: a server holds one per connection) calls the protocol's ``tick`` with the time.
-When the protocol knows a reason to close, or either pump ends, :meth:`Link.run` stops the
-other and returns why the link closed.
+deadlines, the close code); this module moves bytes and wakes tasks:
+
+- :meth:`Link.run` reads, in the caller's task (the endpoint's, on a server), feeds what the
+  socket gives to the protocol and delivers what it lets in to the bus;
+- the proxy's own bus delivery task writes what it forwards (:meth:`Link.send_batch`): it takes
+  what else is queued in its mailbox and sends it in one WebSocket message, so the mailbox is
+  the outbox while the link is up;
+- a writer task, made only while there is something else to write (control frames: pongs,
+  acknowledgements, pings; the outbox's messages: held while disconnected, or waiting for the
+  peer's send window), ends when it has written it;
+- a timer (not a task: a server holds one per connection) calls the protocol's ``tick`` with
+  the time.
+
+When the protocol knows a reason to close, or a write fails, :meth:`Link.run` stops and
+returns why the link closed.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ class Link:
         "_on_outcome",
         "_reader",
         "_running",
+        "_send_error",
         "_sender",
         "_timer",
         "_write_lock",
@@ -107,7 +117,9 @@ class Link:
         self._wrote_direct = False  # a direct write happened in this turn of the event loop
         self._running = False
         self._reader: asyncio.Task[Any] | None = None  # the task in run(): it reads
-        self._sender: asyncio.Task[None] | None = None  # the link's own task: it writes
+        # The writer task, while there is a control frame or the outbox to write.
+        self._sender: asyncio.Task[None] | None = None
+        self._send_error: BaseException | None = None  # a write failed: why
         self._interrupted = False  # run()'s task was cancelled by the link itself, to stop
         # A resumable link's messages let in and not yet delivered, and the task delivering
         # them (made when there are some).
@@ -128,7 +140,17 @@ class Link:
     def send_now(self, message: BusMessage) -> None:
         """Queue ``message`` ahead of the outbox (readiness announcements)."""
         self.protocol.announce(message)
-        self.outbox.notify()
+        self.kick()
+
+    def kick(self) -> None:
+        """There is something to write (a control frame, the outbox): make sure a writer
+        runs. It ends once it has written what there is."""
+        if self._sender is None and self._running and not self.protocol.closing:
+            sender = asyncio.get_running_loop().create_task(
+                self._write_queued(), name=f"{self.name}:send"
+            )
+            sender.add_done_callback(self._sender_ended)
+            self._sender = sender
 
     async def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code``; the pumps then end and :meth:`run` returns."""
@@ -154,8 +176,8 @@ class Link:
     async def run(self) -> CloseInfo:
         """Move messages until the connection closes; return why it closed.
 
-        The caller's task reads (the receive loop runs in it); one task of the link's writes.
-        Cancelling closes the connection with 1001 (going away).
+        The caller's task reads (the receive loop runs in it); see the module's docstring
+        for who writes. Cancelling closes the connection with 1001 (going away).
         """
         loop = asyncio.get_running_loop()
         protocol = self.protocol
@@ -163,9 +185,8 @@ class Link:
         assert current is not None
         self._reader = current
         self._running = True
-        sender = loop.create_task(self._send_pump(), name=f"{self.name}:send")
-        sender.add_done_callback(self._sender_ended)
-        self._sender = sender
+        self.outbox.wake = self.kick
+        self.kick()  # what is queued already: announcements, the welcome, held messages
         self._timer = loop.call_later(protocol.tick_interval, self._tick)
         ended: BaseException | None = None
         stopped = False
@@ -181,12 +202,17 @@ class Link:
         finally:
             self._reader = None  # before any await here: no interrupt lands in this block
             self._running = False
+            if self.outbox.wake == self.kick:
+                self.outbox.wake = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            sender.remove_done_callback(self._sender_ended)
-            sender.cancel()
-            await asyncio.wait((sender,))
+            sender = self._sender
+            if sender is not None:
+                self._sender = None
+                sender.remove_done_callback(self._sender_ended)
+                sender.cancel()
+                await asyncio.wait((sender,))
             deliverer = self._deliverer
             if deliverer is not None:
                 # What was let in is delivered (within send_timeout), unless we are stopped:
@@ -196,16 +222,15 @@ class Link:
                 deliverer.cancel()
                 await asyncio.wait((deliverer,))
             if protocol.close_info is None:
-                self._record_outcome(ended, sender)
+                self._record_outcome(ended, self._send_error)
             info = protocol.close_info
             assert info is not None
             if info.by_us:
                 await self._close_transport(info.code, info.reason)
         return info
 
-    def _record_outcome(self, received: BaseException | None, sender: asyncio.Task[None]) -> None:
+    def _record_outcome(self, received: BaseException | None, sent: BaseException | None) -> None:
         protocol = self.protocol
-        sent = None if sender.cancelled() else sender.exception()
         for exc in (received, sent):
             if isinstance(exc, PeerClosed):
                 protocol.peer_closed(exc.code, exc.reason)
@@ -226,12 +251,20 @@ class Link:
             self._abort()
             return
         if protocol.next_control() is not None:
-            self.outbox.notify()  # a ping to write
+            self.kick()  # a ping to write
         self._timer = asyncio.get_running_loop().call_later(protocol.tick_interval, self._tick)
 
     def _sender_ended(self, sender: asyncio.Task[None]) -> None:
-        # The writer ended (the peer closed, the protocol decided to close, or a fault):
-        # stop reading too.
+        if self._sender is sender:
+            self._sender = None
+        if not sender.cancelled() and sender.exception() is not None:
+            self._write_failed(sender.exception())
+
+    def _write_failed(self, exc: BaseException | None) -> None:
+        # A write failed (the peer closed, the protocol decided to close, or a fault): stop
+        # reading too; run() records why.
+        if self._send_error is None:
+            self._send_error = exc
         self._interrupt()
 
     def _abort(self) -> None:
@@ -285,9 +318,10 @@ class Link:
                 on_drained = self._on_drained
                 if on_drained is not None and not outbox and protocol.drained:
                     on_drained()
-                outbox.notify()  # an acknowledgement to write, or room in the send window
+                if protocol.next_control() is not None or (outbox and protocol.can_send_data):
+                    self.kick()  # an acknowledgement to write, or room in the send window
             elif protocol.next_control() is not None:
-                outbox.notify()  # a pong to write
+                self.kick()  # a pong to write
 
     async def _deliver_one(self, message: BusMessage) -> None:
         try:
@@ -341,7 +375,7 @@ class Link:
                 if protocol.ack_after_delivery():
                     loop.call_later(ACK_DELAY, self._ack_timer)
                 if protocol.next_control() is not None:
-                    self.outbox.notify()  # an acknowledgement to write
+                    self.kick()  # an acknowledgement to write
         finally:
             self._deliverer = None
             if not inbound:
@@ -351,11 +385,13 @@ class Link:
         protocol = self.protocol
         protocol.ack_timer()
         if self._running and protocol.next_control() is not None:
-            self.outbox.notify()
+            self.kick()
 
     # -- send ---------------------------------------------------------------------------------
 
-    async def _send_pump(self) -> None:
+    async def _write_queued(self) -> None:
+        """The writer task: control frames first, then the outbox as the protocol packs it;
+        it ends when nothing is left that may go now."""
         send = self.transport.send
         outbox = self.outbox
         protocol = self.protocol
@@ -375,8 +411,10 @@ class Link:
                     outbox.max_age,
                 )
             if not outbox or not protocol.can_send_data:
-                await outbox.wait_signal()
-                continue
+                # Nothing more now. In the same step as the check: a kick() from here on
+                # makes a new writer.
+                self._sender = None
+                return
             packed = protocol.pack(outbox.peek(protocol.batch_limit))
             resumable = protocol.session is not None
             if resumable:
@@ -389,13 +427,59 @@ class Link:
             if not resumable:
                 outbox.pop(packed.taken)
 
+    @property
+    def can_send_batch(self) -> bool:
+        """:meth:`send_batch` may write now: the link is up, nothing waits in the outbox
+        (order), and the peer's send window has room."""
+        protocol = self.protocol
+        return self._running and not self.outbox and protocol.can_send_data and not protocol.closing
+
+    async def send_batch(self, messages: list[BusMessage]) -> list[BusMessage]:
+        """Write ``messages``, in order, from the caller's task (a proxy's bus delivery
+        task: it takes what else is queued in its mailbox, so that a burst goes out in one
+        WebSocket message); the control frames waiting go first.
+
+        Returns the messages that must wait, in order: the send window filled, or the
+        connection failed (resumable: those not yet numbered; otherwise also those whose
+        write failed). The caller queues or holds them.
+        """
+        protocol = self.protocol
+        send = self.transport.send
+        async with self._write_lock:
+            try:
+                while messages:
+                    control = protocol.next_control()
+                    if control is not None:
+                        await self._send_locked(send, control)
+                        protocol.control_written()
+                        continue
+                    if not self.can_send_batch:
+                        break
+                    packed = protocol.pack(messages)
+                    if packed.data is None:  # none of them could be encoded (counted)
+                        messages = messages[packed.taken :]
+                    elif protocol.session is not None:
+                        # Numbered and in the replay buffer: if the write fails, the next
+                        # connection of the session sends them again.
+                        messages = messages[packed.taken :]
+                        await self._send_locked(send, packed.data)
+                        protocol.written(packed)
+                    else:
+                        await self._send_locked(send, packed.data)
+                        protocol.written(packed)
+                        messages = messages[packed.taken :]  # a failed write leaves them
+            except Exception as exc:  # PeerClosed, or a fault: run() says which
+                self._write_failed(exc)
+        return messages
+
     async def send_direct(self, message: BusMessage) -> bool:
         """Write ``message`` now if the link is idle; ``False`` when it must be queued.
 
-        The fast path of a link with one message in flight: it saves the hand-over to the
-        send pump (a turn of the event loop). Idle means nothing queued or being written, so
-        order is kept, and no direct write yet in this turn of the event loop: the rest of a
-        burst queues behind the first message and the pump batches it.
+        The fast path of a message sent while the proxy's mailbox is empty: written from the
+        sender's task, saving the hand-over to the proxy's delivery task (a turn of the event
+        loop). Idle means nothing queued or being written, so order is kept, and no direct
+        write yet in this turn of the event loop: the rest of a burst queues behind the first
+        message and the delivery task sends it in one batch.
         """
         protocol = self.protocol
         if (
@@ -426,14 +510,17 @@ class Link:
         self._wrote_direct = False
 
     async def _timed_send(self, send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
-        # One write at a time, in the order asked (asyncio.Lock is FIFO). The protocol's tick
-        # closes the link if one write takes longer than send_timeout.
+        # One write at a time, in the order asked (asyncio.Lock is FIFO).
         async with self._write_lock:
-            self.protocol.write_started(self._clock())
-            try:
-                await send(data)
-            finally:
-                self.protocol.write_finished()
+            await self._send_locked(send, data)
+
+    async def _send_locked(self, send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
+        # The protocol's tick closes the link if one write takes longer than send_timeout.
+        self.protocol.write_started(self._clock())
+        try:
+            await send(data)
+        finally:
+            self.protocol.write_finished()
 
 
 def _still_cancelled(task: asyncio.Task[Any]) -> bool:

@@ -2,14 +2,18 @@
 
 While a link is up, a full outbox makes the sender wait (backpressure) up to a limit. While the
 client is disconnected, the outbox keeps the newest ``max_size`` messages no older than
-``max_age`` seconds, dropping the oldest (counted). The send pump peeks, sends, then pops, so a
-batch whose write failed is sent again on the next connection.
+``max_age`` seconds, dropping the oldest (counted). The link's writer peeks, sends, then pops,
+so a batch whose write failed is sent again on the next connection.
+
+While the link is up, the outbox holds only what must wait (behind a full send window, or
+behind what was held): what the proxy forwards otherwise goes from its mailbox to the socket.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 from .._flag import Flag
 from ..exceptions import ConfigurationError
@@ -17,7 +21,7 @@ from ..messages import BusMessage
 
 
 class Outbox:
-    __slots__ = ("_items", "_room", "_signal", "expired", "max_age", "max_size", "overflowed")
+    __slots__ = ("_items", "_room", "expired", "max_age", "max_size", "overflowed", "wake")
 
     def __init__(self, max_size: int, max_age: float | None = None) -> None:
         if max_size < 1:
@@ -28,7 +32,8 @@ class Outbox:
         self.max_age = max_age
         # Made on first put and dropped when emptied: an idle link holds no deque block.
         self._items: deque[tuple[float, BusMessage]] | None = None
-        self._signal = Flag()  # set on every put and notify()
+        self.wake: Callable[[], None] | None = None
+        """Called on every put: the running link's ``kick`` (its writer sends what came)."""
         self._room = Flag()
         self._room.set()
         self.overflowed = 0  # dropped because the outbox was full while disconnected
@@ -54,7 +59,8 @@ class Outbox:
             self._room.clear()
             return False
         self._queue().append((time.monotonic(), message))
-        self._signal.set()
+        if self.wake is not None:
+            self.wake()
         return True
 
     def put_dropping_oldest(self, message: BusMessage) -> int:
@@ -66,22 +72,14 @@ class Outbox:
             dropped += 1
         self.overflowed += dropped
         items.append((time.monotonic(), message))
-        self._signal.set()
+        if self.wake is not None:
+            self.wake()
         return dropped
 
     async def wait_for_room(self) -> None:
         while len(self) >= self.max_size:
             self._room.clear()
             await self._room.wait()
-
-    def notify(self) -> None:
-        """Wake the send pump (a control frame is waiting)."""
-        self._signal.set()
-
-    async def wait_signal(self) -> None:
-        """Wait for the next put or notify(); the single consumer checks before waiting."""
-        await self._signal.wait()
-        self._signal.clear()
 
     def expire(self) -> int:
         """Drop messages older than ``max_age``; returns how many."""
