@@ -5,8 +5,9 @@
     python -m bench.server --kind echo|bus --port P [--deflate on|off] [--serializer json|msgpack]
 
 ``echo`` is the baseline: a plain FastAPI WebSocket endpoint ``/echo`` that sends every binary
-message back. ``bus`` serves ``include_bus_proxy(app, "/ws/{caller}", "echo", ...)`` on the
-in-memory bus, with an ``echo`` worker that sends every bench message back to its source.
+message back (and ``/echo-hop``, the same with the answer sent from a task of its own).
+``bus`` serves ``include_bus_proxy(app, "/ws/{caller}", "echo", ...)`` on the in-memory bus,
+with an ``echo`` worker that sends every bench message back to its source.
 Both run on the same uvicorn settings (``ws="websockets-sansio"``, log level warning, the
 per-message-deflate setting given), on a socket bound here to 127.0.0.1 (``--port 0``: a free
 port). ``READY <port>`` is printed on stdout once the app's lifespan has started.
@@ -15,6 +16,7 @@ port). ``READY <port>`` is printed on stdout once the app's lifespan has started
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import socket
 import sys
@@ -81,6 +83,26 @@ def echo_app() -> FastAPI:
         await websocket.accept()
         async for data in websocket.iter_bytes():
             await websocket.send_bytes(data)
+
+    @app.websocket("/echo-hop")
+    async def echo_hop(websocket: WebSocket) -> None:
+        # The same echo with the answer made in a task of its own, handed each message
+        # through a bounded queue: the least any design pays whose worker runs apart from
+        # the socket's reader (so that a slow worker cannot stall its link), as the bus's do.
+        await websocket.accept()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(100)
+
+        async def worker() -> None:
+            while (data := await queue.get()) is not None:
+                await websocket.send_bytes(data)
+
+        task = asyncio.create_task(worker())
+        try:
+            async for data in websocket.iter_bytes():
+                await queue.put(data)
+        finally:
+            task.cancel()
+            await asyncio.wait((task,))
 
     return app
 
