@@ -42,6 +42,7 @@ __all__ = [
     "METRICS",
     "BusProxyCollector",
     "MetricFamily",
+    "MetricSpec",
     "include_metrics",
     "metric_families",
     "metrics_dict",
