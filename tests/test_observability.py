@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +31,7 @@ from fastapi_busproxy import (
     include_bus_proxy,
     runner_of,
 )
-from fastapi_busproxy.metrics import include_metrics, metrics_dict
+from fastapi_busproxy.metrics import METRICS, include_metrics, metrics_dict
 from fastapi_busproxy.status import bus_status, include_status_page
 from fastapi_busproxy.testing import RemotePeer, running_app
 
@@ -237,3 +238,9 @@ def test_prometheus_metrics_without_prometheus_client_say_how_to_install_it(
     include_bus_proxy(app, "/ws", "assistant", remote_worker_name="voice")
     with TestClient(app):
         assert metrics_dict(app)["busproxy_links_open"]["samples"] == []
+
+
+def test_every_metric_is_documented() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    for spec in METRICS:
+        assert f"| `{spec.name}` | {spec.kind} |" in text, f"{spec.name} is not documented"
