@@ -27,6 +27,9 @@ class Observer:
         self.ended = EndedLinks()
         self.refusals = RefusalLog()
         self.closing = Flag()  # set on shutdown: the event streams end
+        self.streams = 0  # event streams open now
+        self.no_streams = Flag()  # set while none is open
+        self.no_streams.set()
         self._runner: WorkerRunner | None = None
 
     def runner(self) -> WorkerRunner:
@@ -43,6 +46,16 @@ class Observer:
         return bus_snapshot(
             self.runner(), now=time.time(), ended=self.ended, refusals=self.refusals
         )
+
+
+    def stream_opened(self) -> None:
+        self.streams += 1
+        self.no_streams.clear()
+
+    def stream_closed(self) -> None:
+        self.streams -= 1
+        if self.streams == 0:
+            self.no_streams.set()
 
 
 def observer_of(app: Any) -> Observer:

@@ -44,6 +44,7 @@ __all__ = ["bus_status", "include_status_page", "status_router"]
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_STREAM_LIFETIME = 30.0
+DEFAULT_MAX_STREAMS = 32
 RETRY_MS = 1000
 """What the page's ``EventSource`` waits before it reconnects (a stream that ended)."""
 
@@ -63,6 +64,7 @@ def status_router(
     dependencies: Sequence[DependsParam] | None = None,
     interval: float = DEFAULT_INTERVAL,
     stream_lifetime: float = DEFAULT_STREAM_LIFETIME,
+    max_streams: int = DEFAULT_MAX_STREAMS,
     title: str = "Bus status",
     include_in_schema: bool = False,
 ) -> APIRouter:
@@ -76,12 +78,14 @@ def status_router(
             header: behind a bearer token, put the page behind cookie or proxy auth.
         interval: seconds between two events of a stream.
         stream_lifetime: seconds after which a stream ends (the page reconnects at once).
+        max_streams: event streams open at once, for the app; one more is answered 503 (each
+            open page takes a snapshot every ``interval`` seconds).
         title: the page's title.
         include_in_schema: list the routes in the app's OpenAPI schema.
 
     Raises:
         ConfigurationError: a path that does not start with ``/``, or a non-positive
-            ``interval`` or ``stream_lifetime``.
+            ``interval``, ``stream_lifetime`` or ``max_streams``.
     """
     if not path.startswith("/"):
         raise ConfigurationError(f"path must start with '/', not {path!r}")
@@ -89,6 +93,8 @@ def status_router(
         raise ConfigurationError(
             f"interval and stream_lifetime must be > 0 seconds, not {interval}, {stream_lifetime}"
         )
+    if max_streams < 1:
+        raise ConfigurationError(f"max_streams must be at least 1, not {max_streams}")
     base = path.rstrip("/") or ""
     page = resources.files(__package__).joinpath(_PAGE).read_text(encoding="utf-8")
     router = APIRouter(lifespan=observer_lifespan)
@@ -113,9 +119,16 @@ def status_router(
             headers={"Cache-Control": "no-store"},
         )
 
-    async def busproxy_status_events(request: Request) -> StreamingResponse:
+    async def busproxy_status_events(request: Request) -> Response:
+        observer = observer_of(request.app)
+        if observer.streams >= max_streams:
+            return Response(
+                f"more than {max_streams} status streams are open",
+                status_code=503,
+                headers={"Retry-After": str(max(1, round(stream_lifetime)))},
+            )
         return StreamingResponse(
-            _events(observer_of(request.app), interval, stream_lifetime),
+            _events(observer, interval, stream_lifetime),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -153,14 +166,18 @@ async def _events(observer: Observer, interval: float, lifetime: float) -> Async
     goes)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lifetime
-    yield f"retry: {RETRY_MS}\n\n".encode()
-    while not observer.closing.is_set():
-        yield b"data: " + orjson.dumps(observer.snapshot()) + b"\n\n"
-        left = deadline - loop.time()
-        if left <= 0:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(observer.closing.wait(), min(interval, left))
+    observer.stream_opened()
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        while not observer.closing.is_set():
+            yield b"data: " + orjson.dumps(observer.snapshot()) + b"\n\n"
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(observer.closing.wait(), min(interval, left))
+    finally:
+        observer.stream_closed()
 
 
 def _html_text(text: str) -> str:

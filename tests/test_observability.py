@@ -31,6 +31,7 @@ from fastapi_busproxy import (
     include_bus_proxy,
     runner_of,
 )
+from fastapi_busproxy._observer import observer_of
 from fastapi_busproxy.metrics import METRICS, include_metrics, metrics_dict
 from fastapi_busproxy.status import bus_status, include_status_page
 from fastapi_busproxy.testing import RemotePeer, running_app
@@ -226,6 +227,28 @@ async def test_the_event_stream_sends_snapshots_and_ends_when_the_app_shuts_down
     assert await asyncio.wait_for(reader, 5) == "ended"
     assert events[0]["runner"]["state"] == "running"
     assert events[1]["time"] > events[0]["time"]
+
+
+@pytest.mark.uvicorn
+async def test_a_stream_ends_when_its_client_goes_and_streams_are_bounded() -> None:
+    app = FastAPI()
+    include_status_page(app, "/status", interval=0.05, max_streams=1)
+    observer = observer_of(app)
+    async with running_app(app) as url, httpx.AsyncClient(
+        base_url=url.replace("ws://", "http://"), timeout=10
+    ) as http:
+        async with http.stream("GET", "/status/events") as response:
+            lines = response.aiter_lines()
+            while not (await anext(lines)).startswith("data: "):
+                pass
+            assert observer.streams == 1
+            refused = await http.get("/status/events")
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "30"
+        # The client went: its stream ends (on its next event), and a new one is let in.
+        await asyncio.wait_for(observer.no_streams.wait(), 5)
+        async with http.stream("GET", "/status/events") as response:
+            assert response.status_code == 200
 
 
 def test_prometheus_metrics_without_prometheus_client_say_how_to_install_it(
