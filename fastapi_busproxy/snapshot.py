@@ -21,7 +21,7 @@ last reason a link refused a message for, as seen from one reading to the next.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -244,7 +244,7 @@ def _bus(runner: WorkerRunner) -> dict[str, Any]:
         "queued": sum(s.queued for s in bus.subscriptions),
         "stats": (
             {f.name: getattr(stats, f.name) for f in fields(stats)}
-            if stats is not None and hasattr(stats, "__dataclass_fields__")
+            if is_dataclass(stats) and not isinstance(stats, type)
             else None
         ),
     }
