@@ -285,7 +285,8 @@ def metrics_router(
         dependencies: FastAPI dependencies run before each scrape (auth).
         registry: a ``prometheus_client.CollectorRegistry`` to serve, with the app's collector
             registered in it on the app's first scrape (for example ``prometheus_client.REGISTRY``
-            to serve the process metrics too); default, one of the route's own.
+            to serve the process metrics too; one app per registry, or the names would
+            repeat); default, one of the route's own.
         include_in_schema: list the route in the app's OpenAPI schema.
 
     Raises:
