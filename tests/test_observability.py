@@ -25,14 +25,17 @@ from fastapi_busproxy import (
     BusDataMessage,
     BusJobRequestMessage,
     BusMessage,
+    BusProxySettings,
     ConfigurationError,
     JSONMessageSerializer,
     WebSocketProxyServer,
+    configure_bus,
     include_bus_proxy,
     runner_of,
 )
 from fastapi_busproxy._observer import observer_of
 from fastapi_busproxy.metrics import METRICS, include_metrics, metrics_dict
+from fastapi_busproxy.redis_bus import RedisBus
 from fastapi_busproxy.status import bus_status, include_status_page
 from fastapi_busproxy.testing import RemotePeer, running_app
 
@@ -249,6 +252,59 @@ async def test_a_stream_ends_when_its_client_goes_and_streams_are_bounded() -> N
         await asyncio.wait_for(observer.no_streams.wait(), 5)
         async with http.stream("GET", "/status/events") as response:
             assert response.status_code == 200
+
+
+@pytest.mark.redis
+@pytest.mark.uvicorn
+async def test_a_redis_bus_shows_its_health_and_publishes() -> None:
+    from tests.redis_support import redis_url
+
+    async with redis_url() as bus_url:
+        app = make_app()
+        configure_bus(app, settings=BusProxySettings(bus_url=bus_url))
+        async with running_app(app) as url:
+            bus = runner_of(app).bus
+            assert isinstance(bus, RedisBus)
+            await asyncio.wait_for(bus.wait_healthy(), 10)
+            async with httpx.AsyncClient(base_url=url.replace("ws://", "http://")) as http:
+                before = await scrape(http)
+                assert value(before, "busproxy_bus_up", backend="RedisBus") == 1
+                published = value(before, "busproxy_redis_published_messages_total")
+                assert published is not None
+                peer = RemotePeer(f"{url}/ws", "voice", remote_worker_name="assistant")
+                async with peer:
+                    assert await peer.job(payload={"n": 3}) == {"n": 6}
+                after = await scrape(http)
+            # The request and its answer crossed the bus, through Redis.
+            published_after = value(after, "busproxy_redis_published_messages_total")
+            assert published_after is not None
+            assert published_after >= published + 2
+            assert bus_status(app)["bus"]["stats"]["published"] == bus.stats.published
+
+
+def test_a_registry_of_the_apps_own_serves_its_metrics_and_ours() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    logins = Counter("app_logins", "Logins.", registry=registry)
+    logins.inc(3)
+    app = FastAPI()
+    include_bus_proxy(app, "/ws", "assistant", remote_worker_name="voice")
+    include_metrics(app, "/ops/metrics", registry=registry)
+    with TestClient(app) as client:
+        text = client.get("/ops/metrics").text
+        assert "app_logins_total 3.0" in text
+        assert 'busproxy_bus_up{backend="InMemoryBus"} 1.0' in text
+        assert client.get("/ops/metrics").text.count("# TYPE busproxy_bus_up gauge") == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"interval": 0}, {"stream_lifetime": -1}, {"max_streams": 0}, {"path": "status"}],
+)
+def test_status_page_options_are_checked(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        include_status_page(FastAPI(), **options)
 
 
 def test_prometheus_metrics_without_prometheus_client_say_how_to_install_it(
