@@ -105,10 +105,11 @@ def status_router(
             "events": request.url_for("busproxy_status_events").path,
             "json": request.url_for("busproxy_status_json").path,
         }
+        # The title last: what it says is never read as a placeholder.
         html = (
-            page.replace("{{ title }}", _html_text(title))
+            page.replace("{{ urls }}", _script_json(urls))
             .replace("{{ json_url }}", _html_text(urls["json"]))
-            .replace("{{ urls }}", _script_json(urls))
+            .replace("{{ title }}", _html_text(title))
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
@@ -123,7 +124,7 @@ def status_router(
         observer = observer_of(request.app)
         if observer.streams >= max_streams:
             return Response(
-                f"more than {max_streams} status streams are open",
+                f"{max_streams} status streams are open already; try again later",
                 status_code=503,
                 headers={"Retry-After": str(max(1, round(stream_lifetime)))},
             )
