@@ -80,6 +80,7 @@ from .messages import (
     WorkerRegistryEntry,
     register_wire_type,
 )
+from .metrics import include_metrics, metrics_dict, metrics_router
 from .proxy import (
     CloseInfo,
     ForwardingRules,
@@ -94,6 +95,7 @@ from .runner import RunnerState, WorkerRunner
 from .security import APIKeyHeaderAuth, BearerTokenAuth, Identity
 from .serializers import JSONMessageSerializer, MessageSerializer, MsgpackMessageSerializer
 from .session import WorkerSession
+from .status import bus_status, include_status_page, status_router
 from .worker import BaseWorker, WorkerActivationArgs, WorkerState, worker_ready
 
 __version__ = "0.1.0"
@@ -205,13 +207,19 @@ __all__ = [
     "WorkerState",
     "WorkerUnreachableError",
     "bus_proxy_router",
+    "bus_status",
     "configure_bus",
     "get_runner",
     "include_bus_link",
     "include_bus_proxy",
+    "include_metrics",
+    "include_status_page",
     "job",
+    "metrics_dict",
+    "metrics_router",
     "register_wire_type",
     "runner_of",
+    "status_router",
     "worker_ready",
     "__version__",
 ]

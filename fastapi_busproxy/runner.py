@@ -28,6 +28,7 @@ import logging
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -114,6 +115,7 @@ class WorkerRunner(EventEmitter):
         self._done = asyncio.Event()  # run() returns once set
         self._stopped = asyncio.Event()  # the runner has finished
         self._sigints = 0
+        self._finished_listeners: list[Callable[[BaseWorker], None]] = []
 
     def __repr__(self) -> str:
         return f"<WorkerRunner {self._name!r} {self._state.value} workers={len(self._workers)}>"
@@ -240,8 +242,30 @@ class WorkerRunner(EventEmitter):
         session = worker._session
         if session is not None and session._remove(worker):
             self._sessions.pop(session.name, None)
+        for listener in list(self._finished_listeners):
+            try:
+                listener(worker)
+            except Exception:
+                logger.exception(
+                    "runner %s: a finished listener failed on %s", self._name, worker.name
+                )
         if self._auto_end and not self._workers and not self._pending:
             self._done.set()
+
+    def add_finished_listener(self, listener: Callable[[BaseWorker], None]) -> None:
+        """Call ``listener(worker)`` each time a worker has finished and left the runner.
+
+        Called synchronously, in the worker's stop, after the runner has let the worker go: a
+        listener must not wait (it may read the worker, for example to keep the counters of a
+        link that ended). A listener that raises is logged. Adding one twice adds it once.
+        """
+        if listener not in self._finished_listeners:
+            self._finished_listeners.append(listener)
+
+    def remove_finished_listener(self, listener: Callable[[BaseWorker], None]) -> None:
+        """Remove a listener added with :meth:`add_finished_listener` (if it is there)."""
+        if listener in self._finished_listeners:
+            self._finished_listeners.remove(listener)
 
     def session_of(self, worker_name: str) -> WorkerSession:
         """The session of the local worker ``worker_name`` (the root one for any other name)."""

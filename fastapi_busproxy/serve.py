@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from ._observer import close_streams
 from .closecodes import CloseCode
 from .lifespan import STATE_KEY, close_server_links
 from .runner import RunnerState
@@ -22,13 +23,15 @@ __all__ = ["Server", "run", "serve"]
 
 
 class Server(uvicorn.Server):
-    """A ``uvicorn.Server`` that closes the bus links of ``app`` with 1001 before shutdown."""
+    """A ``uvicorn.Server`` that closes the bus links of ``app`` with 1001 before shutdown, and
+    ends the status page's event streams (which uvicorn would otherwise wait for)."""
 
     def __init__(self, config: uvicorn.Config, app: Any) -> None:
         super().__init__(config)
         self.bus_app = app
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        close_streams(self.bus_app)  # uvicorn waits for open responses: end the status streams
         state = getattr(getattr(self.bus_app, "state", None), STATE_KEY, None)
         runner = state.runner if state is not None else None
         if runner is not None and runner.state is RunnerState.RUNNING:

@@ -102,13 +102,19 @@ EXPORTED = [
     "WorkerUnreachableError",
     "__version__",
     "bus_proxy_router",
+    "bus_status",
     "configure_bus",
     "get_runner",
     "include_bus_link",
     "include_bus_proxy",
+    "include_metrics",
+    "include_status_page",
     "job",
+    "metrics_dict",
+    "metrics_router",
     "register_wire_type",
     "runner_of",
+    "status_router",
     "worker_ready",
 ]
 
@@ -124,11 +130,21 @@ MODULE_ONLY = {
     "jobs.requesting": {"Answer", "JobRequester"},
     "jobs.serving": {"DEFAULT_JOB_LIMITS", "JobHandler", "JobServer"},
     "messages": {"is_local_only", "mark_origin", "wire_name_of", "wire_type"},
+    "metrics": {"METRICS", "BusProxyCollector", "MetricFamily", "MetricSpec", "metric_families"},
     "proxy": {"HeadersProvider", "Refusal"},
     "registry": {"RegistryWatch"},
     "runner": set(),
     "serializers": {"DEFAULT_MAX_DEPTH", "DEFAULT_MAX_SIZE"},
     "session": set(),
+    "snapshot": {
+        "COUNTERS",
+        "EndedLinks",
+        "RefusalLog",
+        "RouteTotals",
+        "bus_snapshot",
+        "route_of",
+    },
+    "status": set(),
     "worker": set(),
 }
 
@@ -165,6 +181,7 @@ def test_importing_the_package_leaves_pydantic_settings_for_later() -> None:
     code = (
         "import sys, fastapi_busproxy\n"
         "assert 'pydantic_settings' not in sys.modules, 'imported at once'\n"
+        "assert 'prometheus_client' not in sys.modules, 'an extra imported at once'\n"
         "from fastapi_busproxy import BusProxySettings\n"
         "assert BusProxySettings.__module__ == 'fastapi_busproxy.settings'\n"
         "try:\n"

@@ -127,6 +127,30 @@ async def test_a_finished_worker_is_removed_and_its_name_can_be_used_again() -> 
         assert "w" in runner.registry
 
 
+async def test_finished_listeners_see_each_worker_that_left_once() -> None:
+    seen: list[tuple[str, bool]] = []
+    first, second = Probe("a"), Probe("b")
+    async with running(first, second) as runner:
+
+        def listener(worker: object) -> None:
+            assert isinstance(worker, Probe)
+            seen.append((worker.name, runner.get_worker(worker.name) is None))
+
+        def broken(worker: object) -> None:
+            raise RuntimeError("a listener's bug")
+
+        runner.add_finished_listener(broken)
+        runner.add_finished_listener(listener)
+        runner.add_finished_listener(listener)
+        await first.end_worker("a")
+        await wait_finished(first)
+        assert seen == [("a", True)]  # once, after the runner let it go, despite `broken`
+        runner.remove_finished_listener(listener)
+        await second.end_worker("b")
+        await wait_finished(second)
+        assert seen == [("a", True)]
+
+
 async def test_run_returns_when_every_worker_has_finished() -> None:
     runner = WorkerRunner()
     a, b = Probe("a"), Probe("b")
