@@ -60,6 +60,7 @@ __all__ = [
     "WorkerRegistryEntry",
     "is_local_only",
     "mark_origin",
+    "set_trace_context",
     "register_wire_type",
     "wire_name_of",
     "wire_type",
@@ -162,11 +163,17 @@ class BusMessage:
     ``origin`` is not a field: it is set by a proxy (or a cross-process bus) on a message that
     arrived from elsewhere, to the name of the link it came through, and is ``None`` for a
     message sent in this process. It never crosses the wire.
+
+    ``trace_context`` is not a field either: the W3C trace context (``traceparent``, then
+    ``tracestate`` after a newline, in ASCII) of the span the message was sent in, set when
+    tracing is on (:mod:`fastapi_busproxy.tracing`). It crosses our framed links and the Redis
+    bus beside the message, never the reference's plain format.
     """
 
     system: ClassVar[bool] = False
     overflow: ClassVar[Overflow] = Overflow.WAIT
     origin: ClassVar[str | None] = None
+    trace_context: ClassVar[bytes | None] = None
 
     source: str
     target: str | None = None
@@ -182,6 +189,11 @@ class BusMessage:
 def mark_origin(message: BusMessage, link: str) -> None:
     """Record that ``message`` arrived through ``link`` (a proxy or a bus backend)."""
     object.__setattr__(message, "origin", link)
+
+
+def set_trace_context(message: BusMessage, context: bytes | None) -> None:
+    """Attach the trace context ``message`` travels with (see :class:`BusMessage`)."""
+    object.__setattr__(message, "trace_context", context)
 
 
 @dataclass(kw_only=True)

@@ -68,8 +68,10 @@ from .messages import (
     WorkerRegistryEntry,
     is_local_only,
     mark_origin,
+    set_trace_context,
     wire_name_of,
 )
+from .proxy.framing import MAX_TRACE_CONTEXT
 from .proxy.reconnect import ReconnectPolicy
 from .serializers import JSONMessageSerializer, MessageSerializer
 
@@ -287,7 +289,11 @@ class RedisBus(WorkerBus):
     async def _publish(self, message: BusMessage) -> None:
         payload = self.serializer.serialize(message)
         self._seq += 1
-        header = orjson.dumps([self.process_id, self._seq, message.origin])
+        context = message.trace_context
+        if context is None:
+            header = orjson.dumps([self.process_id, self._seq, message.origin])
+        else:  # traced (fastapi_busproxy.tracing): the context travels in the header
+            header = orjson.dumps([self.process_id, self._seq, message.origin, context.decode()])
         data = header + b"\n" + payload
         channels = self._channels_for(message)
         loop = asyncio.get_running_loop()
@@ -442,9 +448,13 @@ class RedisBus(WorkerBus):
             self._on_control(data)
             return
         head, sep, payload = data.partition(b"\n")
+        context = None
         try:
-            pid, seq, origin = orjson.loads(head) if sep else (None, None, None)
-        except (orjson.JSONDecodeError, TypeError, ValueError):
+            fields = orjson.loads(head) if sep else [None, None, None]
+            pid, seq, origin = fields[:3]
+            if len(fields) > 3 and isinstance(fields[3], str):
+                context = fields[3].encode()
+        except (orjson.JSONDecodeError, TypeError, ValueError, IndexError):
             pid = None
         if not isinstance(pid, str) or not isinstance(seq, int):
             self._refuse(f"an envelope without a valid header on {channel!r}")
@@ -466,6 +476,8 @@ class RedisBus(WorkerBus):
             self._refuse(f"{exc} (from process {pid})")
             return
         mark_origin(message, origin if isinstance(origin, str) else _REMOTE + pid)
+        if context is not None and len(context) <= MAX_TRACE_CONTEXT:
+            set_trace_context(message, context)
         try:
             await self._deliver_local(message, None, self.publish_timeout)
         except BusClosedError:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from . import _tracing_hook
 from ._events import EventEmitter
 from ._flag import Flag
 from ._marked import marked_methods
@@ -604,6 +605,9 @@ class BaseWorker(WorkerJobs, EventEmitter):
 
     async def send_bus_message(self, message: BusMessage) -> None:
         """Send ``message`` on the bus (see :meth:`WorkerBus.send`)."""
+        tracer = _tracing_hook.active
+        if tracer is not None:
+            tracer.sent(message, self._name)
         await self.bus.send(message)
 
     async def send_bus_error_message(self, error: str) -> None:
@@ -746,6 +750,11 @@ class BaseWorker(WorkerJobs, EventEmitter):
         if not self.accepts_bus_message(message):
             if isinstance(message, BusJobRequestMessage) and message.target == self._name:
                 await self._refuse_job(message, f"worker {self._name!r} is not active")
+            return
+        tracer = _tracing_hook.active
+        if tracer is not None:
+            with tracer.processing(message, self._name):
+                await self.on_bus_message(message)
             return
         await self.on_bus_message(message)
 

@@ -35,6 +35,13 @@ per kind of refusal; ``"job refused: {json}"`` for each refused job request, nam
 requester and its worker, so the requester's job ends at once with the reason instead of at its
 timeout).
 
+**Traced** messages (sent while tracing is on, :mod:`fastapi_busproxy.tracing`) go in ``0x08``
+(a traced batch) or ``0x09`` (traced sequenced: the ``0x04`` header first): each message is
+preceded by its W3C trace context (2-byte length, then ``traceparent``, a newline and
+``tracestate``, at most 1 KiB; length 0 for none) and then, as in a batch, its length and
+payload. Untraced messages keep the frames above, byte for byte; the plain format never
+carries a trace context.
+
 The client that resumes names its session and what it has delivered in the handshake's
 ``x-busproxy-resume: <session> <received>`` header. Readiness announcements stay unsequenced
 (``0x00``): each connection sends them anew. :mod:`.resume` keeps the numbers and the replay.
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +73,7 @@ __all__ = [
     "FramingError",
     "JOB_REFUSED_NOTICE",
     "JobRefusal",
+    "MAX_TRACE_CONTEXT",
     "RESUME_HEADER",
     "SUBPROTOCOL_PREFIX",
     "SUBPROTOCOL_PREFIX_V2",
@@ -77,6 +86,7 @@ __all__ = [
     "encode_batch",
     "encode_message",
     "encode_job_refusal",
+    "encode_traced",
     "encode_notice",
     "encode_ping",
     "encode_pong",
@@ -101,6 +111,8 @@ WINDOW_HEADER = "x-busproxy-window"
 what the other side may send unacknowledged. A receiver reads on while it delivers, up to it."""
 
 _LENGTH = struct.Struct(">I")
+_CONTEXT_LENGTH = struct.Struct(">H")
+_CONTEXT = re.compile(rb"([\x20-\x7e]+(\n[\x20-\x7e]*)?)?")
 _TOKEN = struct.Struct(">Q")
 _SEQ_HEADER = struct.Struct(">QQ")
 _MAX_SEQ = 0xFFFFFFFFFFFFFFFF
@@ -119,6 +131,8 @@ class FrameKind(enum.IntEnum):
     ACK = 5
     WELCOME = 6
     NOTICE = 7
+    TRACED_BATCH = 8
+    TRACED_SEQUENCED = 9
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,7 @@ class Frame:
     seq: int = 0  # sequenced: the first message's sequence number
     welcome: Welcome | None = None
     notice: str = ""  # a notice's text
+    contexts: Sequence[bytes] = ()  # traced frames: each payload's trace context (b"": none)
 
 
 @dataclass(frozen=True)
@@ -246,6 +261,32 @@ def encode_sequenced(first_seq: int, ack: int, payloads: Sequence[bytes]) -> byt
     return b"".join(parts)
 
 
+MAX_TRACE_CONTEXT = 1024
+"""Longest trace context a traced frame carries per message, in bytes (W3C allows 55 bytes of
+``traceparent`` and 512 of ``tracestate``)."""
+
+
+def encode_traced(
+    payloads: Sequence[bytes], contexts: Sequence[bytes | None], first_seq: int = 0, ack: int = 0
+) -> bytes:
+    """Messages with their trace contexts: a traced batch, or a traced sequenced frame when
+    ``first_seq`` is given. A context longer than :data:`MAX_TRACE_CONTEXT` is left out."""
+    if first_seq:
+        parts = [bytes((FrameKind.TRACED_SEQUENCED,)), _SEQ_HEADER.pack(first_seq, ack)]
+    else:
+        parts = [bytes((FrameKind.TRACED_BATCH,))]
+    pack_length = _LENGTH.pack
+    pack_context = _CONTEXT_LENGTH.pack
+    for payload, context in zip(payloads, contexts, strict=True):
+        if context is None or len(context) > MAX_TRACE_CONTEXT:
+            context = b""
+        parts.append(pack_context(len(context)))
+        parts.append(context)
+        parts.append(pack_length(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
 def encode_ack(seq: int) -> bytes:
     return b"\x05" + _TOKEN.pack(seq)
 
@@ -330,6 +371,35 @@ def _split(data: bytes, view: memoryview, offset: int) -> list[memoryview]:
     return payloads
 
 
+def _split_traced(
+    data: bytes, view: memoryview, offset: int
+) -> tuple[list[memoryview], list[bytes]]:
+    payloads: list[memoryview] = []
+    contexts: list[bytes] = []
+    end = len(data)
+    while offset < end:
+        if offset + 2 > end:
+            raise FramingError("truncated trace context length")
+        (size,) = _CONTEXT_LENGTH.unpack_from(data, offset)
+        offset += 2
+        if size > MAX_TRACE_CONTEXT or offset + size > end:
+            raise FramingError("trace context too long or longer than the frame")
+        context = data[offset : offset + size]
+        # Only what a W3C trace context may hold (printable ASCII, one newline): anything
+        # else is dropped, and the message goes on without it.
+        contexts.append(context if _CONTEXT.fullmatch(context) else b"")
+        offset += size
+        if offset + 4 > end:
+            raise FramingError("truncated length in batch")
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + length > end:
+            raise FramingError("batch entry longer than the frame")
+        payloads.append(view[offset : offset + length])
+        offset += length
+    return payloads, contexts
+
+
 def _decode_welcome(body: bytes) -> Welcome:
     try:
         fields = json.loads(body)
@@ -373,6 +443,17 @@ def decode_frame(data: bytes) -> Frame:
         if seq == 0:
             raise FramingError("sequence numbers start at 1")
         return Frame(FrameKind.SEQUENCED, _split(data, view, 1 + _SEQ_HEADER.size), ack, seq)
+    if kind == FrameKind.TRACED_BATCH:
+        payloads, contexts = _split_traced(data, view, 1)
+        return Frame(FrameKind.BATCH, payloads, contexts=contexts)
+    if kind == FrameKind.TRACED_SEQUENCED:
+        if len(data) < 1 + _SEQ_HEADER.size:
+            raise FramingError("truncated sequenced frame")
+        seq, ack = _SEQ_HEADER.unpack_from(data, 1)
+        if seq == 0:
+            raise FramingError("sequence numbers start at 1")
+        payloads, contexts = _split_traced(data, view, 1 + _SEQ_HEADER.size)
+        return Frame(FrameKind.SEQUENCED, payloads, ack, seq, contexts=contexts)
     if kind in (FrameKind.PING, FrameKind.PONG, FrameKind.ACK):
         if len(data) != 1 + _TOKEN.size:
             raise FramingError(f"{FrameKind(kind).name.lower()} frame of the wrong length")

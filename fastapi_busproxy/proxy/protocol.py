@@ -44,6 +44,7 @@ from ..messages import (
     BusWorkerRegistryMessage,
     JobStatus,
     mark_origin,
+    set_trace_context,
 )
 from ..serializers import MessageSerializer
 from .forwarding import ForwardingRules, Refusal
@@ -65,6 +66,7 @@ from .framing import (
     encode_ping,
     encode_pong,
     encode_sequenced,
+    encode_traced,
     encode_upgrade,
     encode_welcome,
     is_resumable,
@@ -463,7 +465,9 @@ class LinkProtocol:
             stats.last_rtt = max(0.0, now - frame.token / 1e9)
             return []
         if frame.kind is FrameKind.SEQUENCED:
-            return self._receive_sequenced(frame.seq, frame.token, frame.payloads, size)
+            return self._receive_sequenced(
+                frame.seq, frame.token, frame.payloads, size, frame.contexts
+            )
         if frame.kind is FrameKind.ACK:
             self._receive_ack(frame.token)
             return []
@@ -475,16 +479,24 @@ class LinkProtocol:
             self._receive_notice(frame.notice)
             return []
         accepted: list[BusMessage] = []
-        for payload in frame.payloads:
+        contexts = frame.contexts
+        for index, payload in enumerate(frame.payloads):
             message = self._accept(payload)
             if message is not None:
+                if contexts and contexts[index]:
+                    set_trace_context(message, contexts[index])
                 accepted.append(message)
             if self.closing:  # too many bad messages in a row
                 break
         return accepted
 
     def _receive_sequenced(
-        self, first: int, ack: int, payloads: Sequence[bytes | memoryview], size: int
+        self,
+        first: int,
+        ack: int,
+        payloads: Sequence[bytes | memoryview],
+        size: int,
+        contexts: Sequence[bytes] = (),
     ) -> list[BusMessage]:
         session = self.session
         if session is None or self._awaiting_welcome:
@@ -498,7 +510,7 @@ class LinkProtocol:
         seqs: list[int] = []
         sizes: list[int] = []
         seq = first
-        for payload in payloads:
+        for index, payload in enumerate(payloads):
             if seq < expect:
                 self.stats.duplicates += 1  # replayed, and delivered already
             elif seq > expect:
@@ -508,6 +520,8 @@ class LinkProtocol:
                 expect += 1
                 message = self._accept(payload)
                 if message is not None:
+                    if contexts and contexts[index]:
+                        set_trace_context(message, contexts[index])
                     accepted.append(message)
                     seqs.append(seq)
                     sizes.append(len(payload))
@@ -850,6 +864,7 @@ class LinkProtocol:
         :meth:`written` once the data is written.
         """
         payloads: list[bytes] = []
+        contexts: list[bytes | None] | None = None  # made for the first traced message
         size = 0
         taken = 0
         limit = self.batch_limit
@@ -863,19 +878,32 @@ class LinkProtocol:
             except MessageEncodeError as exc:
                 self.encode_failed(message, exc)
                 continue
+            context = message.trace_context
+            if context is not None and contexts is None:
+                contexts = [None] * len(payloads)
+            if contexts is not None:
+                contexts.append(context)
             payloads.append(payload)
             size += len(payload)
             if size >= self.config.max_batch_bytes:
                 break
         if not payloads:
             return Packed(None, taken, 0)
+        if not self.send_framed:
+            contexts = None  # the reference's plain format carries no trace context
         session = self.session
         if session is not None:
+            # (A replay resends the payloads without their trace contexts.)
             first = session.record(payloads)
             self._acked_out = session.delivered
             self._owed_bytes = 0
-            data = encode_sequenced(first, session.delivered, payloads)
+            if contexts is not None:
+                data = encode_traced(payloads, contexts, first, session.delivered)
+            else:
+                data = encode_sequenced(first, session.delivered, payloads)
             return Packed(data, taken, len(payloads))
+        if contexts is not None:
+            return Packed(encode_traced(payloads, contexts), taken, len(payloads))
         if not self.send_framed:
             data = payloads[0]
         elif len(payloads) == 1:
