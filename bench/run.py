@@ -29,11 +29,12 @@ from bench.scenarios import (
     imports,
     latency,
     links,
+    observe,
     throughput,
     voice,
 )
 
-NAMES = ("import", "latency", "throughput", "links", "voice", "flood", "cut")
+NAMES = ("import", "latency", "throughput", "links", "voice", "flood", "cut", "observe")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,6 +94,11 @@ def build(args: argparse.Namespace, counts: Counts) -> list[Scenario]:
         chosen.append(flood.scenario())
     if "cut" in args.only:
         chosen.append(cut.scenario(counts.cut_messages, counts.cut_every, counts.throughput))
+    if "observe" in args.only:
+        if observe.available():
+            chosen.append(observe.scenario())
+        else:
+            print("observe: skipped (needs opentelemetry-sdk: pip install -e '.[dev]')")
     return chosen
 
 
@@ -105,6 +111,8 @@ def servers_needed(args: argparse.Namespace) -> list[ServerSpec]:
         specs += [ServerSpec(kind, d) for d in roundtrip for kind in ("echo", "bus")]
     if "cut" in args.only:
         specs += [ServerSpec("bus", False)]
+    if "observe" in args.only and observe.available():
+        specs += [ServerSpec(kind) for kind in observe.KINDS]
     if "voice" in args.only:
         specs += [ServerSpec("echo", load)]
         specs += [ServerSpec("bus", load, serializer) for serializer in voice.flavours()]

@@ -2,12 +2,14 @@
 
 ::
 
-    python -m bench.server --kind echo|bus --port P [--deflate on|off] [--serializer json|msgpack]
+    python -m bench.server --kind echo|bus|bus-metrics|bus-traced --port P [--deflate on|off]
+        [--serializer json|msgpack]
 
 ``echo`` is the baseline: a plain FastAPI WebSocket endpoint ``/echo`` that sends every binary
 message back (and ``/echo-hop``, the same with the answer sent from a task of its own).
 ``bus`` serves ``include_bus_proxy(app, "/ws/{caller}", "echo", ...)`` on the in-memory bus,
-with an ``echo`` worker that sends every bench message back to its source.
+with an ``echo`` worker that sends every bench message back to its source; ``bus-metrics`` the
+same with the metrics and the status page mounted, ``bus-traced`` with tracing on.
 Both run on the same uvicorn settings (``ws="websockets-sansio"``, log level warning, the
 per-message-deflate setting given), on a socket bound here to 127.0.0.1 (``--port 0``: a free
 port). ``READY <port>`` is printed on stdout once the app's lifespan has started.
@@ -107,6 +109,36 @@ def echo_app() -> FastAPI:
     return app
 
 
+def discarding_tracer_provider() -> Any:
+    """A tracer provider that samples every span and discards it after the batch processor:
+    what tracing costs the bus, less the exporter's own work."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    return provider
+
+
+def observed(app: FastAPI, kind: str) -> FastAPI:
+    """``bus-metrics``: the metrics and the status page mounted; ``bus-traced``: tracing on,
+    every span sampled."""
+    if kind == "bus-metrics":
+        from fastapi_busproxy import include_metrics, include_status_page
+
+        include_metrics(app, "/metrics")
+        include_status_page(app, "/status")
+    elif kind == "bus-traced":
+        from fastapi_busproxy import tracing
+
+        tracing.instrument(tracer_provider=discarding_tracer_provider())
+    return app
+
+
 def bus_app(serializer: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -172,7 +204,9 @@ def bound_socket(port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__)
-    parser.add_argument("--kind", choices=("echo", "bus"), required=True)
+    parser.add_argument(
+        "--kind", choices=("echo", "bus", "bus-metrics", "bus-traced"), required=True
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--deflate", choices=("on", "off"), default="off")
     parser.add_argument("--serializer", choices=("json", "msgpack"), default="json")
@@ -184,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         app = echo_app()
         announce_when_started(app, port)
     else:
-        app = bus_app(args.serializer)
+        app = observed(bus_app(args.serializer), args.kind)
         announce_when_started(app, port, _echo_registered)
     config = uvicorn.Config(
         app,

@@ -129,6 +129,13 @@ METRICS: tuple[MetricSpec, ...] = (
                "Jobs a local worker requested that have not ended yet."),
     MetricSpec("busproxy_worker_queued_messages", "gauge", ("worker",),
                "Messages waiting in a local worker's bus queue."),
+    MetricSpec("busproxy_worker_jobs_total", "counter", ("worker", "status"),
+               "Jobs a local worker served and ended, by status (completed, failed, error,"
+               " cancelled; streamed: a stream's end; unanswered: the answer could not be"
+               " sent). OpenTelemetry: messaging.process.duration's count."),
+    MetricSpec("busproxy_worker_job_seconds_total", "counter", ("worker",),
+               "Seconds the jobs of busproxy_worker_jobs_total took, in all (divide the"
+               " two rates for the mean)."),
     MetricSpec("busproxy_bus_up", "gauge", ("backend",),
                "1 while the bus runs and is healthy (Redis: its listener is subscribed)."),
     MetricSpec("busproxy_bus_queued_messages", "gauge", ("backend",),
@@ -195,6 +202,9 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
         add("busproxy_worker_jobs_in_flight", by_worker, worker["jobs_in_flight"])
         add("busproxy_worker_jobs_requested", by_worker, worker["jobs_requested"])
         add("busproxy_worker_queued_messages", by_worker, worker["queued"])
+        for status, count in sorted(worker["jobs_served"].items()):
+            add("busproxy_worker_jobs_total", {"worker": worker["name"], "status": status}, count)
+        add("busproxy_worker_job_seconds_total", by_worker, worker["jobs_served_seconds"])
     for location, count in locations.items():
         add("busproxy_workers", {"location": location}, count)
     bus = snapshot["bus"]

@@ -158,6 +158,8 @@ def bus_snapshot(
                 "started_at": entry.started_at if entry is not None else None,
                 "jobs_in_flight": None,
                 "jobs_requested": None,
+                "jobs_served": None,
+                "jobs_served_seconds": None,
                 "queued": None,
             }
         )
@@ -227,6 +229,8 @@ def _local_worker(worker: BaseWorker, now: float, ready: bool) -> dict[str, Any]
         "age_seconds": _age(worker.started_at, now),
         "jobs_in_flight": len(server.active_jobs) if server is not None else 0,
         "jobs_requested": len(requester.groups) if requester is not None else 0,
+        "jobs_served": dict(server.stats.by_status) if server is not None else {},
+        "jobs_served_seconds": server.stats.seconds if server is not None else 0.0,
         "queued": subscription.queued if subscription is not None else 0,
     }
 

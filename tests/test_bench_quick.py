@@ -30,6 +30,7 @@ SCENARIOS = {
     "voice[deflate=off]",
     "flood[deflate=off]",
     "cut[every=100]",
+    "observe[deflate=off]",
 }
 
 

@@ -150,6 +150,10 @@ async def test_metrics_after_a_scripted_session() -> None:
                 )
                 assert value(during, "busproxy_workers", location="remote") == 1
                 assert value(during, "busproxy_worker_jobs_in_flight", worker="assistant") == 0
+                completed = {"worker": "assistant", "status": "completed"}
+                assert value(during, "busproxy_worker_jobs_total", **completed) == 1
+                assert (value(during, "busproxy_worker_job_seconds_total", worker="assistant")
+                        or 0) > 0
                 received = value(during, "busproxy_messages_received_total", route="gateway")
                 sent = value(during, "busproxy_messages_sent_total", route="gateway")
 

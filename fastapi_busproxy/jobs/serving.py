@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import BusError, ConfigurationError, InvalidStateError
@@ -64,6 +65,20 @@ class JobLimits:
 DEFAULT_JOB_LIMITS = JobLimits()
 
 
+@dataclass
+class JobStats:
+    """What a worker's served jobs came to: how many ended with each status (a stream's end
+    counts as ``"streamed"``), and the seconds they took, in all (the mean is
+    ``seconds / sum(by_status.values())``)."""
+
+    by_status: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self, status: str, seconds: float) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.seconds += seconds
+
+
 class JobServer:
     """The jobs a worker serves. ``active_jobs`` maps each unanswered job id to its request.
 
@@ -88,6 +103,8 @@ class JobServer:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._per_source: dict[str, int] = {}
+        self._started: dict[str, float] = {}  # each active job's start (time.monotonic())
+        self.stats = JobStats()
 
     def has_room(self, source: str) -> bool:
         """Whether a request from ``source`` may start now (see :class:`JobLimits`)."""
@@ -97,10 +114,13 @@ class JobServer:
             and self._per_source.get(source, 0) < limits.max_jobs_per_source
         )
 
-    def _answered(self, job_id: str) -> None:
+    def _answered(self, job_id: str, status: str = "unanswered") -> None:
         request = self.active_jobs.pop(job_id, None)
         if request is None:
             return
+        started = self._started.pop(job_id, None)
+        if started is not None:
+            self.stats.record(status, time.monotonic() - started)
         left = self._per_source[request.source] - 1
         if left:
             self._per_source[request.source] = left
@@ -117,6 +137,7 @@ class JobServer:
         """Run ``handler`` on ``message`` in a task; the job is active from now on."""
         job_id = message.job_id
         self.active_jobs[job_id] = message
+        self._started[job_id] = time.monotonic()
         self._per_source[message.source] = self._per_source.get(message.source, 0) + 1
         lock = None
         if sequential and message.job_name:
@@ -209,7 +230,7 @@ class JobServer:
                 response=response,
             )
         )
-        self._answered(job_id)
+        self._answered(job_id, JobStatus(status).value)
 
     async def _respond_quietly(
         self, job_id: str, status: JobStatus, response: dict[str, Any] | None
@@ -236,4 +257,4 @@ class JobServer:
         request = self._request(job_id, "stream")
         await self._send(cls(source=self.owner, target=request.source, job_id=job_id, data=data))
         if cls is BusJobStreamEndMessage:
-            self._answered(job_id)
+            self._answered(job_id, "streamed")
