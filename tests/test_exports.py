@@ -129,7 +129,13 @@ MODULE_ONLY = {
     "jobs.params": {"resolve_job_params"},
     "jobs.requesting": {"Answer", "JobRequester"},
     "jobs.serving": {"DEFAULT_JOB_LIMITS", "JobHandler", "JobServer"},
-    "messages": {"is_local_only", "mark_origin", "wire_name_of", "wire_type"},
+    "messages": {
+        "is_local_only",
+        "mark_origin",
+        "set_trace_context",
+        "wire_name_of",
+        "wire_type",
+    },
     "metrics": {"METRICS", "BusProxyCollector", "MetricFamily", "MetricSpec", "metric_families"},
     "proxy": {"HeadersProvider", "Refusal"},
     "registry": {"RegistryWatch"},
@@ -145,6 +151,7 @@ MODULE_ONLY = {
         "route_of",
     },
     "status": set(),
+    "tracing": {"instrument", "is_instrumented", "uninstrument"},
     "worker": set(),
 }
 
@@ -182,6 +189,7 @@ def test_importing_the_package_leaves_pydantic_settings_for_later() -> None:
         "import sys, fastapi_busproxy\n"
         "assert 'pydantic_settings' not in sys.modules, 'imported at once'\n"
         "assert 'prometheus_client' not in sys.modules, 'an extra imported at once'\n"
+
         "from fastapi_busproxy import BusProxySettings\n"
         "assert BusProxySettings.__module__ == 'fastapi_busproxy.settings'\n"
         "try:\n"
