@@ -31,6 +31,20 @@ class Observer:
         self.no_streams = Flag()  # set while none is open
         self.no_streams.set()
         self._runner: WorkerRunner | None = None
+        # WebSocket handshakes the app refused, by route path and HTTP status (HandshakeCounter).
+        self.handshakes_refused: dict[tuple[str, int], int] = {}
+        self.counting_handshakes = False
+
+    def handshake_refused(self, path: str, status: int) -> None:
+        key = (path, status)
+        self.handshakes_refused[key] = self.handshakes_refused.get(key, 0) + 1
+
+    def count_handshakes(self) -> None:
+        """Count the app's refused WebSocket handshakes from now on (once per app; before
+        the app starts: it is a middleware)."""
+        if not self.counting_handshakes:
+            self.counting_handshakes = True
+            self.app.add_middleware(HandshakeCounter, observer=self)
 
     def runner(self) -> WorkerRunner:
         """The app's runner, with our listener on it."""
@@ -43,9 +57,14 @@ class Observer:
         return runner
 
     def snapshot(self) -> dict[str, Any]:
-        return bus_snapshot(
+        snapshot = bus_snapshot(
             self.runner(), now=time.time(), ended=self.ended, refusals=self.refusals
         )
+        snapshot["handshakes_refused"] = [
+            {"path": path, "status": status, "count": count}
+            for (path, status), count in sorted(self.handshakes_refused.items())
+        ]
+        return snapshot
 
 
     def stream_opened(self) -> None:
@@ -84,3 +103,45 @@ async def observer_lifespan(app: Any) -> AsyncIterator[None]:
         yield
     finally:
         observer.closing.set()
+
+
+NO_ROUTE = "(no route)"
+"""The path label of a handshake no route took (Starlette answers it with 403)."""
+
+
+class HandshakeCounter:
+    """ASGI middleware: counts the WebSocket handshakes the app refuses, by the route's path
+    and the HTTP status the client gets (a close before accepting is a 403; a denial response
+    has its own). A refused handshake never reaches the route's code, so this is where it can
+    be seen. After the accept, it only passes messages on."""
+
+    def __init__(self, app: Any, observer: Observer) -> None:
+        self.app = app
+        self.observer = observer
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        accepted = False
+
+        async def watched(message: Any) -> None:
+            nonlocal accepted
+            if not accepted:
+                kind = message["type"]
+                if kind == "websocket.accept":
+                    accepted = True
+                elif kind == "websocket.close":
+                    self._refused(scope, 403)
+                    accepted = True  # nothing more to count on this connection
+                elif kind == "websocket.http.response.start":
+                    self._refused(scope, int(message.get("status", 403)))
+                    accepted = True
+            await send(message)
+
+        await self.app(scope, receive, watched)
+
+    def _refused(self, scope: Any, status: int) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        self.observer.handshake_refused(path if isinstance(path, str) else NO_ROUTE, status)

@@ -95,6 +95,8 @@ _REDIS_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("busproxy_redis_dropped_messages_total", "dropped",
      "Messages from Redis dropped for a subscriber whose queue stayed full."),
     ("busproxy_redis_reconnects_total", "reconnects", "Reconnections of the Redis listener."),
+    ("busproxy_redis_publish_failures_total", "publish_failures",
+     "Sends Redis did not take within publish_timeout (the sender got BusUnavailableError)."),
 )
 
 _LINK = ("route", "link", "remote_worker")
@@ -107,6 +109,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("busproxy_links_connected", "gauge", ("route",),
                "Links of the route whose WebSocket connection is up."),
     *(MetricSpec(name, "counter", ("route",), text) for name, _, text in _ROUTE_COUNTERS),
+    MetricSpec("busproxy_handshakes_refused_total", "counter", ("path", "status"),
+               "WebSocket handshakes the app refused, by route path ((no route) for an"
+               " unknown path) and HTTP status (counted when mounted with include_metrics or"
+               " include_status_page)."),
     MetricSpec("busproxy_messages_refused_total", "counter", ("route", "reason"),
                "Inbound messages or frames refused, by reason."),
     MetricSpec("busproxy_link_connected", "gauge", _LINK,
@@ -177,6 +183,9 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
             add(name, by_route, totals["counters"][counter])
         for reason, count in sorted(totals["rejected_by_reason"].items()):
             add("busproxy_messages_refused_total", {"route": route, "reason": reason}, count)
+    for refused in snapshot.get("handshakes_refused", ()):
+        labels = {"path": refused["path"], "status": str(refused["status"])}
+        add("busproxy_handshakes_refused_total", labels, refused["count"])
     for link in snapshot["links"]:
         labels = {
             "route": link["route"],
@@ -338,5 +347,7 @@ def include_metrics(
     dependencies: Sequence[DependsParam] | None = None,
     registry: CollectorRegistry | None = None,
 ) -> None:
-    """``app.include_router(metrics_router(path, ...))`` in one call."""
+    """``app.include_router(metrics_router(path, ...))`` in one call, and the counting of
+    refused WebSocket handshakes (a middleware: call it before the app starts)."""
+    observer_of(app).count_handshakes()
     app.include_router(metrics_router(path, dependencies=dependencies, registry=registry))

@@ -105,6 +105,7 @@ class RedisBusStats:
     rejected: int = 0
     dropped: int = 0
     reconnects: int = 0
+    publish_failures: int = 0  # sends that raised BusUnavailableError: Redis did not take them
 
 
 class RedisBus(WorkerBus):
@@ -314,6 +315,7 @@ class RedisBus(WorkerBus):
                 attempt += 1
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    self.stats.publish_failures += 1
                     raise BusUnavailableError(
                         f"Redis at {self._safe_url()} did not take {type(message).__name__}"
                         f" for {self.publish_timeout}s ({exc}); the message was not sent"

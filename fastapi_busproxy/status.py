@@ -157,7 +157,9 @@ def include_status_page(
     dependencies: Sequence[DependsParam] | None = None,
     **options: Any,
 ) -> None:
-    """``app.include_router(status_router(path, ...))`` in one call."""
+    """``app.include_router(status_router(path, ...))`` in one call, and the counting of
+    refused WebSocket handshakes (a middleware: call it before the app starts)."""
+    observer_of(app).count_handshakes()
     app.include_router(status_router(path, dependencies=dependencies, **options))
 
 

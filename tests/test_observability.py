@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from fastapi_busproxy import (
     BaseWorker,
@@ -327,3 +328,38 @@ def test_every_metric_is_documented() -> None:
     text = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
     for spec in METRICS:
         assert f"| `{spec.name}` | {spec.kind} |" in text, f"{spec.name} is not documented"
+
+
+@pytest.mark.uvicorn
+async def test_refused_handshakes_are_counted_by_path_and_status() -> None:
+    """A refused handshake never reaches the route: the metrics still see it, with the
+    route's path, or (no route) for a wrong URL."""
+    app = FastAPI()
+    include_bus_proxy(
+        app,
+        "/ws/{caller}",
+        "assistant",
+        remote_worker_name="voice",
+        dependencies=[Depends(BearerTokenAuth(tokens={"s3cret": "alice"}))],
+    )
+    include_metrics(app)
+    async with running_app(app) as url:
+        for path, headers in (
+            ("/ws/alice", {"Authorization": "Bearer wrong"}),
+            ("/ws/alice", {}),
+            ("/nowhere", {"Authorization": "Bearer s3cret"}),
+        ):
+            with pytest.raises(InvalidStatus) as caught:
+                async with connect(f"{url}{path}", additional_headers=headers):
+                    pass
+            assert caught.value.response.status_code == 403
+        async with httpx.AsyncClient(base_url=url.replace("ws://", "http://")) as http:
+            response = await http.get("/metrics")
+        samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+    refused = "busproxy_handshakes_refused_total"
+    assert value(samples, refused, path="/ws/{caller}", status="403") == 2
+    assert value(samples, refused, path="(no route)", status="403") == 1

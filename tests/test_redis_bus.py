@@ -158,8 +158,10 @@ async def test_the_bus_recovers_after_redis_restarts() -> None:
             assert job.response["payload"] == {"before": True}
             await server.stop()
             # A publish while Redis is down is refused loudly, never dropped silently.
+            failures = bus.stats.publish_failures
             with pytest.raises(BusUnavailableError):
                 await caller.send_bus_message(Ping(source="caller", target="echo", n=1))
+            assert bus.stats.publish_failures == failures + 1  # counted (and in the metrics)
             await server.start()
             with anyio.fail_after(20):
                 await bus.wait_healthy()
