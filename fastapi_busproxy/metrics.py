@@ -34,6 +34,7 @@ from starlette.responses import Response
 
 from ._observer import observer_lifespan, observer_of
 from .exceptions import ConfigurationError
+from .proxy.protocol import count_by_type
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -113,6 +114,13 @@ METRICS: tuple[MetricSpec, ...] = (
                "WebSocket handshakes the app refused, by route path ((no route) for an"
                " unknown path) and HTTP status (counted when mounted with include_metrics or"
                " include_status_page)."),
+    MetricSpec("busproxy_messages_by_type_total", "counter", ("route", "type", "direction"),
+               "Bus messages the route's links received (direction=in) and sent (out), by"
+               " type (its wire name). OpenTelemetry: messaging.client.sent.messages,"
+               " messaging.client.consumed.messages."),
+    MetricSpec("busproxy_message_bytes_by_type_total", "counter",
+               ("route", "type", "direction"),
+               "Serialized bytes of those messages (payloads, without framing)."),
     MetricSpec("busproxy_messages_refused_total", "counter", ("route", "reason"),
                "Inbound messages or frames refused, by reason."),
     MetricSpec("busproxy_link_connected", "gauge", _LINK,
@@ -181,6 +189,11 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
         add("busproxy_links_connected", by_route, totals["links_connected"])
         for name, counter, _ in _ROUTE_COUNTERS:
             add(name, by_route, totals["counters"][counter])
+        for type_name, counts in totals["by_type"].items():
+            for direction in ("in", "out"):
+                labels = {"route": route, "type": type_name, "direction": direction}
+                add("busproxy_messages_by_type_total", labels, counts[f"messages_{direction}"])
+                add("busproxy_message_bytes_by_type_total", labels, counts[f"bytes_{direction}"])
         for reason, count in sorted(totals["rejected_by_reason"].items()):
             add("busproxy_messages_refused_total", {"route": route, "reason": reason}, count)
     for refused in snapshot.get("handshakes_refused", ()):
@@ -350,4 +363,5 @@ def include_metrics(
     """``app.include_router(metrics_router(path, ...))`` in one call, and the counting of
     refused WebSocket handshakes (a middleware: call it before the app starts)."""
     observer_of(app).count_handshakes()
+    count_by_type()
     app.include_router(metrics_router(path, dependencies=dependencies, registry=registry))

@@ -35,9 +35,14 @@ from .worker import BaseWorker, WorkerState
 __all__ = ["COUNTERS", "EndedLinks", "RefusalLog", "RouteTotals", "bus_snapshot", "route_of"]
 
 COUNTERS: tuple[str, ...] = tuple(
-    f.name for f in fields(LinkStats) if f.name not in ("rejected_by_reason", "last_rtt")
+    f.name
+    for f in fields(LinkStats)
+    if f.name not in ("rejected_by_reason", "last_rtt", "by_type")
 )
 """The counters of a link, as :class:`~fastapi_busproxy.LinkStats` names them."""
+
+
+_BY_TYPE_KEYS = ("messages_in", "messages_out", "bytes_in", "bytes_out")
 
 
 def route_of(proxy: ProxyWorker) -> str:
@@ -55,6 +60,7 @@ class RouteTotals:
     links: int = 0
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    by_type: dict[str, list[int]] = field(default_factory=dict)
 
     def add(self, stats: LinkStats) -> None:
         self.links += 1
@@ -62,6 +68,13 @@ class RouteTotals:
             self.counters[name] += getattr(stats, name)
         for reason, count in stats.rejected_by_reason.items():
             self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + count
+        self.add_by_type(stats.by_type)
+
+    def add_by_type(self, by_type: Mapping[str, list[int]]) -> None:
+        for name, counts in by_type.items():
+            mine = self.by_type.setdefault(name, [0, 0, 0, 0])
+            for index, count in enumerate(counts):
+                mine[index] += count
 
 
 class EndedLinks:
@@ -271,6 +284,7 @@ def _routes(proxies: list[ProxyWorker], ended: EndedLinks | None) -> dict[str, A
             merged.counters[name] += value
         for reason, count in totals.rejected_by_reason.items():
             merged.rejected_by_reason[reason] = merged.rejected_by_reason.get(reason, 0) + count
+        merged.add_by_type(totals.by_type)
     return {
         route: {
             "links_open": open_links.get(route, 0),
@@ -278,6 +292,10 @@ def _routes(proxies: list[ProxyWorker], ended: EndedLinks | None) -> dict[str, A
             "links_total": totals.links,
             "counters": totals.counters,
             "rejected_by_reason": totals.rejected_by_reason,
+            "by_type": {
+                name: dict(zip(_BY_TYPE_KEYS, counts, strict=True))
+                for name, counts in sorted(totals.by_type.items())
+            },
         }
         for route, totals in sorted(routes.items())
     }

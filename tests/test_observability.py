@@ -35,6 +35,7 @@ from fastapi_busproxy import (
     runner_of,
 )
 from fastapi_busproxy._observer import observer_of
+from fastapi_busproxy.messages import wire_name_of
 from fastapi_busproxy.metrics import METRICS, include_metrics, metrics_dict
 from fastapi_busproxy.redis_bus import RedisBus
 from fastapi_busproxy.status import bus_status, include_status_page
@@ -363,3 +364,28 @@ async def test_refused_handshakes_are_counted_by_path_and_status() -> None:
     refused = "busproxy_handshakes_refused_total"
     assert value(samples, refused, path="/ws/{caller}", status="403") == 2
     assert value(samples, refused, path="(no route)", status="403") == 1
+
+
+@pytest.mark.uvicorn
+async def test_messages_are_counted_by_type_and_direction() -> None:
+    async with running_app(make_app()) as url:
+        async with RemotePeer(f"{url}/ws", "voice", remote_worker_name="assistant") as peer:
+            assert await peer.job(payload={"n": 1}) == {"n": 2}
+            for number in range(3):
+                await peer.send(Question(source="voice", target="assistant", text=f"q{number}"))
+            for _ in range(3):
+                await peer.expect(Answer)
+            async with httpx.AsyncClient(base_url=url.replace("ws://", "http://")) as http:
+                samples = await scrape(http)
+    by_type = "busproxy_messages_by_type_total"
+    question = f"{Question.__module__}.{Question.__qualname__}"
+    answer = f"{Answer.__module__}.{Answer.__qualname__}"
+    assert value(samples, by_type, route="gateway", type=question, direction="in") == 3
+    assert value(samples, by_type, route="gateway", type=answer, direction="out") == 3
+    assert value(samples, by_type, route="gateway", type=question, direction="out") == 0
+    request = wire_name_of(BusJobRequestMessage)
+    assert value(samples, by_type, route="gateway", type=request, direction="in") == 1
+    size = value(samples, "busproxy_message_bytes_by_type_total", route="gateway", type=question,
+                 direction="in")
+    assert size is not None
+    assert size > 0

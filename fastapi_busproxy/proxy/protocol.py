@@ -45,6 +45,7 @@ from ..messages import (
     JobStatus,
     mark_origin,
     set_trace_context,
+    wire_name_of,
 )
 from ..serializers import MessageSerializer
 from .forwarding import ForwardingRules, Refusal
@@ -126,6 +127,8 @@ class LinkStats:
         replayed: messages sent again after a resume.
         duplicates: inbound messages dropped because they had been delivered already.
         last_rtt: the last keepalive round-trip time in seconds, if measured.
+        by_type: while :func:`count_by_type` is on: per message type (its wire name),
+            ``[messages in, messages out, payload bytes in, payload bytes out]``.
     """
 
     messages_in: int = 0
@@ -145,6 +148,27 @@ class LinkStats:
     replayed: int = 0
     duplicates: int = 0
     last_rtt: float | None = None
+    by_type: dict[str, list[int]] = field(default_factory=dict)
+
+    def count_type(self, message: BusMessage, size: int, out: int) -> None:
+        """One message of ``size`` payload bytes in (``out=0``) or out (``out=1``)."""
+        cls = type(message)
+        name = wire_name_of(cls) or cls.__name__
+        counts = self.by_type.get(name)
+        if counts is None:
+            counts = self.by_type[name] = [0, 0, 0, 0]
+        counts[out] += 1
+        counts[2 + out] += size
+
+
+_by_type = False  # see count_by_type
+
+
+def count_by_type(on: bool = True) -> None:
+    """Count every link's messages by type (:attr:`LinkStats.by_type`) from now on, in this
+    process; the metrics turn it on. Off (the default), it costs a flag check per message."""
+    global _by_type
+    _by_type = on
 
 
 @dataclass(frozen=True)
@@ -694,6 +718,8 @@ class LinkProtocol:
             return None
         self._bad_in_a_row = 0
         self.stats.messages_in += 1
+        if _by_type:
+            self.stats.count_type(message, len(payload), 0)
         mark_origin(message, self.name)
         return message
 
@@ -885,6 +911,8 @@ class LinkProtocol:
                 contexts.append(context)
             payloads.append(payload)
             size += len(payload)
+            if _by_type:
+                self.stats.count_type(message, len(payload), 1)
             if size >= self.config.max_batch_bytes:
                 break
         if not payloads:
