@@ -37,6 +37,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,16 @@ DEFAULT_SYSTEM_CAPACITY = 100
 
 _DROP_LOG_EVERY = 1000
 
+_timing = False  # see time_queues
+
+
+def time_queues(on: bool = True) -> None:
+    """Measure how long messages wait in every subscriber's queue, from their send to their
+    handler (:attr:`Subscription.wait_seconds`), from now on, in this process; the metrics
+    turn it on. Off (the default), it costs a flag check per message."""
+    global _timing
+    _timing = on
+
 
 class Subscription:
     """A subscriber's place on the bus: its interest, queue, delivery task and counters.
@@ -102,6 +113,8 @@ class Subscription:
         "interest",
         "mailbox",
         "name",
+        "wait_seconds",
+        "waited",
     )
 
     def __init__(
@@ -126,6 +139,10 @@ class Subscription:
         self.delivered = 0
         self.dropped = 0
         self.errors = 0
+        # While queues are timed (time_queues): seconds the handled messages waited in all,
+        # from their send to their handler, and how many were timed.
+        self.wait_seconds = 0.0
+        self.waited = 0
 
     def __repr__(self) -> str:
         return f"<Subscription {self.name!r} queued={len(self.mailbox)} dropped={self.dropped}>"
@@ -147,6 +164,8 @@ class Subscription:
                 message = await mailbox.get()
             except BusClosedError:
                 return
+            if _timing:
+                self._timed(message)
             self._handling = True
             try:
                 await handler(message)
@@ -173,7 +192,15 @@ class Subscription:
         if message is not None:
             self.delivered += 1
             self._handled += 1
+            if _timing:
+                self._timed(message)
         return message
+
+    def _timed(self, message: BusMessage) -> None:
+        sent = getattr(message, "sent_at", None)
+        if sent is not None:
+            self.wait_seconds += time.monotonic() - sent
+            self.waited += 1
 
     def when_drained(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await ``callback()`` in the delivery task once as many messages as are queued now
@@ -373,6 +400,8 @@ class WorkerBus(abc.ABC):
             return True  # as send() does: the subscriber has left
         if subscription._may_go_direct:
             return False
+        if _timing:
+            object.__setattr__(message, "sent_at", time.monotonic())
         return mailbox.offer(message, message.system, message.source)
 
     async def _deliver_local(
@@ -386,6 +415,8 @@ class WorkerBus(abc.ABC):
         recipients = self._index.recipients(message)
         if not recipients:
             return
+        if _timing:
+            object.__setattr__(message, "sent_at", time.monotonic())
         system = message.system
         blocked: list[Subscription] | None = None
         for subscription in recipients:

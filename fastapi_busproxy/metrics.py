@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ._observer import observer_lifespan, observer_of
+from .bus import time_queues
 from .exceptions import ConfigurationError
 from .proxy.protocol import count_by_type
 
@@ -143,6 +144,14 @@ METRICS: tuple[MetricSpec, ...] = (
                "Jobs a local worker requested that have not ended yet."),
     MetricSpec("busproxy_worker_queued_messages", "gauge", ("worker",),
                "Messages waiting in a local worker's bus queue."),
+    MetricSpec("busproxy_worker_dropped_messages_total", "counter", ("worker",),
+               "Messages sent with Overflow.DROP that a local worker's full queue dropped."),
+    MetricSpec("busproxy_worker_queue_wait_seconds_total", "counter", ("worker",),
+               "Seconds the messages a local worker handled waited, from their send to its"
+               " handler, in all (timed once include_metrics has been called)."),
+    MetricSpec("busproxy_worker_queue_waits_total", "counter", ("worker",),
+               "Messages timed in busproxy_worker_queue_wait_seconds_total (divide the two"
+               " rates for the mean wait)."),
     MetricSpec("busproxy_worker_jobs_total", "counter", ("worker", "status"),
                "Jobs a local worker served and ended, by status (completed, failed, error,"
                " cancelled; streamed: a stream's end; unanswered: the answer could not be"
@@ -224,6 +233,9 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
         add("busproxy_worker_jobs_in_flight", by_worker, worker["jobs_in_flight"])
         add("busproxy_worker_jobs_requested", by_worker, worker["jobs_requested"])
         add("busproxy_worker_queued_messages", by_worker, worker["queued"])
+        add("busproxy_worker_dropped_messages_total", by_worker, worker["dropped"])
+        add("busproxy_worker_queue_wait_seconds_total", by_worker, worker["queue_wait_seconds"])
+        add("busproxy_worker_queue_waits_total", by_worker, worker["queue_waits"])
         for status, count in sorted(worker["jobs_served"].items()):
             add("busproxy_worker_jobs_total", {"worker": worker["name"], "status": status}, count)
         add("busproxy_worker_job_seconds_total", by_worker, worker["jobs_served_seconds"])
@@ -364,4 +376,5 @@ def include_metrics(
     refused WebSocket handshakes (a middleware: call it before the app starts)."""
     observer_of(app).count_handshakes()
     count_by_type()
+    time_queues()
     app.include_router(metrics_router(path, dependencies=dependencies, registry=registry))

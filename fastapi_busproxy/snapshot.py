@@ -174,6 +174,9 @@ def bus_snapshot(
                 "jobs_served": None,
                 "jobs_served_seconds": None,
                 "queued": None,
+                "dropped": None,
+                "queue_wait_seconds": None,
+                "queue_waits": None,
             }
         )
     return {
@@ -245,6 +248,9 @@ def _local_worker(worker: BaseWorker, now: float, ready: bool) -> dict[str, Any]
         "jobs_served": dict(server.stats.by_status) if server is not None else {},
         "jobs_served_seconds": server.stats.seconds if server is not None else 0.0,
         "queued": subscription.queued if subscription is not None else 0,
+        "dropped": subscription.dropped if subscription is not None else 0,
+        "queue_wait_seconds": subscription.wait_seconds if subscription is not None else 0.0,
+        "queue_waits": subscription.waited if subscription is not None else 0,
     }
 
 

@@ -152,6 +152,18 @@ async def test_metrics_after_a_scripted_session() -> None:
                 )
                 assert value(during, "busproxy_workers", location="remote") == 1
                 assert value(during, "busproxy_worker_jobs_in_flight", worker="assistant") == 0
+                # The questions waited in the assistant's queue, and were timed there.
+                waits = value(during, "busproxy_worker_queue_waits_total", worker="assistant")
+                assert waits is not None
+                assert waits >= 5
+                waited = value(
+                    during, "busproxy_worker_queue_wait_seconds_total", worker="assistant"
+                )
+                assert waited is not None
+                assert waited > 0
+                assert value(
+                    during, "busproxy_worker_dropped_messages_total", worker="assistant"
+                ) == 0
                 completed = {"worker": "assistant", "status": "completed"}
                 assert value(during, "busproxy_worker_jobs_total", **completed) == 1
                 assert (value(during, "busproxy_worker_job_seconds_total", worker="assistant")
