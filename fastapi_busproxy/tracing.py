@@ -61,16 +61,19 @@ def instrument(tracer_provider: TracerProvider | None = None) -> None:
         ConfigurationError: ``opentelemetry-api`` is not installed.
     """
     try:
-        from opentelemetry import propagate, trace
+        from opentelemetry import trace
     except ImportError:
         raise ConfigurationError(
             "tracing needs opentelemetry-api: pip install 'fastapi-busproxy[tracing]'"
         ) from None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
     from . import __version__
 
     provider = tracer_provider or trace.get_tracer_provider()
+    # The wire carries W3C trace context only: its propagator, whatever the global one is.
     _tracing_hook.active = _Tracer(
-        provider.get_tracer(SYSTEM, __version__), propagate.get_global_textmap()
+        provider.get_tracer(SYSTEM, __version__), TraceContextTextMapPropagator()
     )
 
 
@@ -87,8 +90,10 @@ class _Tracer:
     """What the hooks in the worker call while tracing is on."""
 
     def __init__(self, tracer: Any, propagator: Any) -> None:
-        from opentelemetry import trace
+        from opentelemetry import context, trace
 
+        self._attach = context.attach
+        self._detach = context.detach
         self._tracer = tracer
         self._propagator = propagator
         self._trace = trace
@@ -101,11 +106,12 @@ class _Tracer:
             return
         destination = message.target or "(broadcast)"
         attributes = _attributes(message, "send", destination)
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             f"send {destination}", kind=self._producer, attributes=attributes
-        ):
-            carrier: dict[str, str] = {}
-            self._propagator.inject(carrier)
+        )
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, context=self._trace.set_span_in_context(span))
+        span.end()
         parent = carrier.get("traceparent")
         if parent is None:
             return  # a propagator that writes no W3C context
@@ -135,14 +141,23 @@ class _Tracer:
                 links = [self._trace.Link(sender)]
             else:
                 parent = None
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             f"process {worker}",
             context=parent,
             kind=self._consumer,
             links=links,
             attributes=_attributes(message, "process", worker),
-        ):
+        )
+        token = self._attach(self._trace.set_span_in_context(span))
+        try:
             yield
+        except Exception as exc:  # the handler's error (a cancellation is not one)
+            span.record_exception(exc)
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            self._detach(token)
+            span.end()
 
 
 def _attributes(message: BusMessage, operation: str, destination: str) -> dict[str, Any]:
@@ -152,7 +167,6 @@ def _attributes(message: BusMessage, operation: str, destination: str) -> dict[s
         "messaging.operation.type": operation,
         "messaging.destination.name": destination,
         "fastapi_busproxy.message.type": wire_name_of(type(message)) or type(message).__name__,
-        "fastapi_busproxy.source": message.source,
     }
     job_id = getattr(message, "job_id", None)
     if isinstance(job_id, str):

@@ -283,3 +283,30 @@ async def test_the_context_crosses_the_redis_bus(spans: InMemorySpanExporter) ->
     assert send["span_id"] in message.trace_context.decode()
     process = next(r for r in finished if r["name"] == "process assistant")
     assert process["parent_id"] == send["span_id"]
+
+
+@pytest.mark.anyio
+async def test_a_handler_that_raises_marks_its_span(spans: InMemorySpanExporter) -> None:
+    from opentelemetry.trace import StatusCode
+
+    failed: asyncio.Queue[None] = asyncio.Queue(1)
+
+    class Faulty(BaseWorker):
+        async def on_bus_message(self, message: Any) -> None:
+            if isinstance(message, BusDataMessage) and message.source == "voice":
+                failed.put_nowait(None)
+                raise RuntimeError("boom")
+            await super().on_bus_message(message)
+
+    async with WorkerRunner(name="faulty", handle_sigint=False) as runner:
+        voice = BaseWorker("voice")
+        await runner.add_workers(Faulty("assistant"), voice)
+        await voice.send_bus_message(BusDataMessage(source="voice", target="assistant"))
+        await asyncio.wait_for(failed.get(), 10)
+        # The span ends as the handler's error leaves it: wait for the delivery to go on.
+        await voice.send_bus_message(BusDataMessage(source="voice", target="assistant"))
+        await asyncio.wait_for(failed.get(), 10)
+    processes = [s for s in spans.get_finished_spans() if s.name == "process assistant"]
+    assert processes
+    assert processes[0].status.status_code is StatusCode.ERROR
+    assert processes[0].events[0].name == "exception"
