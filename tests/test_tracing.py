@@ -34,6 +34,7 @@ from fastapi_busproxy.proxy.framing import (
 from fastapi_busproxy.proxy.protocol import LinkConfig, LinkProtocol, LinkStats
 from fastapi_busproxy.proxy.resume import SessionState
 from fastapi_busproxy.testing import RemotePeer
+from tests.tracing_server import span_record
 
 ROOT = Path(__file__).resolve().parent.parent
 SERIALIZER = JSONMessageSerializer()
@@ -137,17 +138,7 @@ class Assistant(BaseWorker):
 
 
 def record(span: Any, process: str) -> dict[str, Any]:
-    context = span.get_span_context()
-    return {
-        "name": span.name,
-        "kind": span.kind.name,
-        "trace_id": f"{context.trace_id:032x}",
-        "span_id": f"{context.span_id:016x}",
-        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
-        "links": [f"{link.context.span_id:016x}" for link in span.links],
-        "attributes": dict(span.attributes or {}),
-        "process": process,
-    }
+    return {**span_record(span), "process": process}
 
 
 def check_job_trace(records: list[dict[str, Any]], job_id: str) -> None:

@@ -45,7 +45,7 @@ def span_record(span: Any) -> dict[str, Any]:
         "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
         "links": [f"{link.context.span_id:016x}" for link in span.links],
         "attributes": dict(span.attributes or {}),
-        "process": "server",
+        "process": "server",  # (the tests' own spans say "client")
     }
 
 

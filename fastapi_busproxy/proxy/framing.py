@@ -356,10 +356,16 @@ def encode_welcome(welcome: Welcome) -> bytes:
     return b"\x06" + json.dumps(body, separators=(",", ":")).encode()
 
 
-def _split(data: bytes, view: memoryview, offset: int) -> list[memoryview]:
+def _split(
+    data: bytes, view: memoryview, offset: int, contexts: list[bytes] | None = None
+) -> list[memoryview]:
+    """The length-prefixed payloads from ``offset`` on; a traced frame's contexts, each before
+    its payload, go to ``contexts``."""
     payloads: list[memoryview] = []
     end = len(data)
     while offset < end:
+        if contexts is not None:
+            offset = _take_context(data, offset, end, contexts)
         if offset + 4 > end:
             raise FramingError("truncated length in batch")
         (length,) = _LENGTH.unpack_from(data, offset)
@@ -371,33 +377,27 @@ def _split(data: bytes, view: memoryview, offset: int) -> list[memoryview]:
     return payloads
 
 
-def _split_traced(
-    data: bytes, view: memoryview, offset: int
-) -> tuple[list[memoryview], list[bytes]]:
-    payloads: list[memoryview] = []
-    contexts: list[bytes] = []
-    end = len(data)
-    while offset < end:
-        if offset + 2 > end:
-            raise FramingError("truncated trace context length")
-        (size,) = _CONTEXT_LENGTH.unpack_from(data, offset)
-        offset += 2
-        if size > MAX_TRACE_CONTEXT or offset + size > end:
-            raise FramingError("trace context too long or longer than the frame")
-        context = data[offset : offset + size]
-        # Only what a W3C trace context may hold (printable ASCII, one newline): anything
-        # else is dropped, and the message goes on without it.
-        contexts.append(context if _CONTEXT.fullmatch(context) else b"")
-        offset += size
-        if offset + 4 > end:
-            raise FramingError("truncated length in batch")
-        (length,) = _LENGTH.unpack_from(data, offset)
-        offset += 4
-        if offset + length > end:
-            raise FramingError("batch entry longer than the frame")
-        payloads.append(view[offset : offset + length])
-        offset += length
-    return payloads, contexts
+def _take_context(data: bytes, offset: int, end: int, contexts: list[bytes]) -> int:
+    if offset + 2 > end:
+        raise FramingError("truncated trace context length")
+    size: int = _CONTEXT_LENGTH.unpack_from(data, offset)[0]
+    offset += 2
+    if size > MAX_TRACE_CONTEXT or offset + size > end:
+        raise FramingError("trace context too long or longer than the frame")
+    context = data[offset : offset + size]
+    # Only what a W3C trace context may hold (printable ASCII, one newline): anything else is
+    # dropped, and the message goes on without it.
+    contexts.append(context if _CONTEXT.fullmatch(context) else b"")
+    return offset + size
+
+
+def _sequenced_header(data: bytes) -> tuple[int, int]:
+    if len(data) < 1 + _SEQ_HEADER.size:
+        raise FramingError("truncated sequenced frame")
+    seq, ack = _SEQ_HEADER.unpack_from(data, 1)
+    if seq == 0:
+        raise FramingError("sequence numbers start at 1")
+    return seq, ack
 
 
 def _decode_welcome(body: bytes) -> Welcome:
@@ -437,22 +437,16 @@ def decode_frame(data: bytes) -> Frame:
     if kind == FrameKind.BATCH:
         return Frame(FrameKind.BATCH, _split(data, view, 1))
     if kind == FrameKind.SEQUENCED:
-        if len(data) < 1 + _SEQ_HEADER.size:
-            raise FramingError("truncated sequenced frame")
-        seq, ack = _SEQ_HEADER.unpack_from(data, 1)
-        if seq == 0:
-            raise FramingError("sequence numbers start at 1")
+        seq, ack = _sequenced_header(data)
         return Frame(FrameKind.SEQUENCED, _split(data, view, 1 + _SEQ_HEADER.size), ack, seq)
     if kind == FrameKind.TRACED_BATCH:
-        payloads, contexts = _split_traced(data, view, 1)
+        contexts: list[bytes] = []
+        payloads = _split(data, view, 1, contexts)
         return Frame(FrameKind.BATCH, payloads, contexts=contexts)
     if kind == FrameKind.TRACED_SEQUENCED:
-        if len(data) < 1 + _SEQ_HEADER.size:
-            raise FramingError("truncated sequenced frame")
-        seq, ack = _SEQ_HEADER.unpack_from(data, 1)
-        if seq == 0:
-            raise FramingError("sequence numbers start at 1")
-        payloads, contexts = _split_traced(data, view, 1 + _SEQ_HEADER.size)
+        seq, ack = _sequenced_header(data)
+        contexts = []
+        payloads = _split(data, view, 1 + _SEQ_HEADER.size, contexts)
         return Frame(FrameKind.SEQUENCED, payloads, ack, seq, contexts=contexts)
     if kind in (FrameKind.PING, FrameKind.PONG, FrameKind.ACK):
         if len(data) != 1 + _TOKEN.size:
