@@ -572,3 +572,22 @@ async def test_keepalive_pings_then_closes_a_silent_peer_with_1011() -> None:
             info = await task
     assert (info.code, info.reason) == (CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
     assert transport.close_code == CloseCode.INTERNAL_ERROR
+
+
+async def test_what_waited_for_the_servers_first_word_goes_out_when_a_plain_server_speaks() -> None:
+    """A client that may be upgraded in band (to a resumable session) holds its data until
+    the server speaks; a server that answers plain (the reference's) gets it at once, with
+    nothing else to wake the link."""
+    from fastapi_busproxy.proxy.resume import SessionState
+
+    transport, delivered = FakeTransport(), Delivered()
+    outbox = Outbox(max_size=10)
+    link = make_link(transport, delivered, outbox=outbox)
+    link.protocol.expect_upgrade(("busproxy.v2.json", "busproxy.v1.json"), SessionState())
+    outbox.put_nowait(outgoing(0))  # before the server has said anything
+    async with running(link):
+        await asyncio.sleep(0)  # the link's first turn: nothing may go yet
+        assert transport.sent == []
+        transport.feed(good(1))  # the server speaks plain
+        await transport.wait_sent(1)
+    assert [decoded(data) for data in transport.sent] == [outgoing(0)]

@@ -320,8 +320,10 @@ class Link:
                     on_drained()
                 if protocol.next_control() is not None or (outbox and protocol.can_send_data):
                     self.kick()  # an acknowledgement to write, or room in the send window
-            elif protocol.next_control() is not None:
-                self.kick()  # a pong to write
+            elif protocol.next_control() is not None or (outbox and protocol.can_send_data):
+                # A pong to write, or what waited for the peer's first word (a client that
+                # may be upgraded in band holds its data until the server speaks).
+                self.kick()
 
     async def _deliver_one(self, message: BusMessage) -> None:
         try:
