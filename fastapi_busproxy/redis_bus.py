@@ -165,6 +165,10 @@ class RedisBus(WorkerBus):
         self._seen_set: set[tuple[str, int]] = set()
         self._registry: WorkerRegistry | None = None
         self._remote_processes: set[str] = set()
+        # How many times each process was forgotten: a registry load that awaited Redis
+        # while its process was forgotten holds stale data and is dropped. Bounded: the
+        # counts of processes no longer known are cleared past _FORGOTTEN_LIMIT.
+        self._forgotten: dict[str, int] = {}
         self._announcements: deque[tuple[str, WorkerRegistryEntry]] = deque()
         self._announce_wakeup = asyncio.Event()
         self._rng = random.Random()
@@ -599,17 +603,25 @@ class RedisBus(WorkerBus):
 
     def _forget_process(self, pid: str) -> None:
         self._remote_processes.discard(pid)
+        forgotten = self._forgotten
+        if len(forgotten) >= _FORGOTTEN_LIMIT:
+            for known in [p for p in forgotten if p not in self._remote_processes]:
+                del forgotten[known]
+        forgotten[pid] = forgotten.get(pid, 0) + 1
         if self._registry is not None:
             gone = self._registry.unregister_origin(_REMOTE + pid)
             if gone:
                 logger.info("redis bus %s: process %s is gone with %s", self.process_id, pid, gone)
 
     async def _load_process(self, pid: str) -> None:
+        forgotten = self._forgotten.get(pid, 0)
         try:
             workers = await self._redis.hgetall(self._workers_key(pid))
         except _redis_errors() as exc:
             logger.warning("redis bus %s: cannot load process %s: %s", self.process_id, pid, exc)
             return
+        if self._forgotten.get(pid, 0) != forgotten:
+            return  # it died while we read: what we read is stale (a dead process's workers)
         self._register_process(pid, workers)
 
     def _register_process(self, pid: str, workers: dict[bytes, bytes]) -> None:
@@ -637,15 +649,18 @@ class RedisBus(WorkerBus):
         if self._registry is None:
             return
         found: dict[str, dict[bytes, bytes]] = {}
+        forgotten: dict[str, int] = {}
         async for key in self._redis.scan_iter(match=f"{self.prefix}:workers:*", count=100):
             pid = key.decode().rsplit(":", 1)[-1]
+            forgotten[pid] = self._forgotten.get(pid, 0)
             if pid == self.process_id or not await self._redis.exists(self._proc_key(pid)):
                 continue
             found[pid] = await self._redis.hgetall(key)
         for pid in self._remote_processes - set(found):
             self._forget_process(pid)
         for pid, workers in found.items():
-            self._register_process(pid, workers)
+            if self._forgotten.get(pid, 0) == forgotten[pid]:  # else it died while we read
+                self._register_process(pid, workers)
 
     async def _write_heartbeat(self) -> None:
         ttl_ms = int(self.heartbeat_ttl * 1000)
@@ -673,6 +688,9 @@ class RedisBus(WorkerBus):
                         self._forget_process(pid)
             except _redis_errors() as exc:
                 logger.warning("redis bus %s: heartbeat failed: %s", self.process_id, exc)
+
+
+_FORGOTTEN_LIMIT = 4096
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

@@ -200,3 +200,24 @@ async def test_a_client_of_process_a_reaches_a_worker_in_process_b() -> None:
                     async with voice.job("assistant", payload={"q": "hi"}) as job:
                         pass
         assert job.response == {"worker": "assistant", "pid": process_b.pid, "payload": {"q": "hi"}}
+
+
+async def test_a_process_that_dies_while_its_workers_are_read_stays_gone() -> None:
+    """The registry reads a process's workers (an await on Redis); if the process is declared
+    dead meanwhile, what was read is stale and must not bring its workers back."""
+    from fastapi_busproxy.messages import WorkerRegistryEntry
+
+    async with redis_url() as url:
+        ns = prefix()
+        async with local_runner(url, ns) as (runner, bus):
+            pid = "dead-process"
+            entry = WorkerRegistryEntry(name="ghost")
+            await bus._redis.hset(bus._workers_key(pid), "ghost", bus._encode_entry(entry))
+            loading = asyncio.create_task(bus._load_process(pid))
+            await asyncio.sleep(0)  # the load is waiting on Redis now
+            bus._forget_process(pid)  # ...when the process is found dead
+            await loading
+            assert "ghost" not in runner.registry
+            # A process that is alive is loaded as before.
+            await bus._load_process(pid)
+            assert "ghost" in runner.registry
