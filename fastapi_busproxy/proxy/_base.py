@@ -80,7 +80,7 @@ class ProxyWorker(BaseWorker):
         return Interest(targets=frozenset((self.name,))).union(self.rules.interest())
 
     async def _receive(self, message: BusMessage) -> None:
-        if message.target != self.name and self.rules.should_send(message):
+        if self._crosses(message):
             await self._forward(message)
         else:
             await super()._receive(message)
@@ -94,12 +94,7 @@ class ProxyWorker(BaseWorker):
     async def _forward_now(self, message: BusMessage) -> bool:
         """Write ``message`` from the sender's task if it crosses and the link is idle."""
         link = self._link
-        if (
-            link is None
-            or link.closing
-            or message.target == self.name
-            or not self.rules.should_send(message)
-        ):
+        if link is None or link.closing or not self._crosses(message):
             return False
         return await link.send_direct(message)
 
@@ -128,16 +123,19 @@ class ProxyWorker(BaseWorker):
         subscription = self.subscription
         if subscription is None:
             return None
-        name = self.name
-        should_send = self.rules.should_send
+        crosses = self._crosses
         while len(batch) < limit:
             message = subscription.take_queued()
             if message is None:
                 return None
-            if message.target == name or not should_send(message):
+            if not crosses(message):
                 return message
             batch.append(message)
         return None
+
+    def _crosses(self, message: BusMessage) -> bool:
+        """``message``, seen on the local bus, goes to the peer (not the proxy's own)."""
+        return message.target != self.name and self.rules.should_send(message)
 
     async def _queue(self, message: BusMessage) -> None:
         """Queue ``message`` behind what waits in the outbox; the link's writer sends it when
