@@ -29,6 +29,7 @@ per message.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,12 @@ SYSTEM = "fastapi_busproxy"
 
 _UNTRACED = (BusWorkerReadyMessage, BusWorkerRegistryMessage, BusLocalMessage)
 
+# W3C Trace Context: version-traceid-parentid-flags; a later version may append fields.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_SPAN_ID = "0" * 16
+_MAX_TRACESTATE = 512  # longer, the propagator drops it too
+
 
 def instrument(tracer_provider: TracerProvider | None = None) -> None:
     """Trace bus messages from now on, in this process (see the module's docstring).
@@ -66,15 +73,11 @@ def instrument(tracer_provider: TracerProvider | None = None) -> None:
         raise ConfigurationError(
             "tracing needs opentelemetry-api: pip install 'fastapi-busproxy[tracing]'"
         ) from None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     from . import __version__
 
     provider = tracer_provider or trace.get_tracer_provider()
-    # The wire carries W3C trace context only: its propagator, whatever the global one is.
-    _tracing_hook.active = _Tracer(
-        provider.get_tracer(SYSTEM, __version__), TraceContextTextMapPropagator()
-    )
+    # The wire carries W3C trace context only, whatever the global propagator is.
+    _tracing_hook.active = _Tracer(provider.get_tracer(SYSTEM, __version__))
 
 
 def uninstrument() -> None:
@@ -89,13 +92,13 @@ def is_instrumented() -> bool:
 class _Tracer:
     """What the hooks in the worker call while tracing is on."""
 
-    def __init__(self, tracer: Any, propagator: Any) -> None:
+    def __init__(self, tracer: Any) -> None:
         from opentelemetry import context, trace
 
         self._attach = context.attach
         self._detach = context.detach
+        self._empty = context.Context()
         self._tracer = tracer
-        self._propagator = propagator
         self._trace = trace
         self._producer = trace.SpanKind.PRODUCER
         self._consumer = trace.SpanKind.CONSUMER
@@ -109,14 +112,14 @@ class _Tracer:
         span = self._tracer.start_span(
             f"send {destination}", kind=self._producer, attributes=attributes
         )
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=self._trace.set_span_in_context(span))
         span.end()
-        parent = carrier.get("traceparent")
-        if parent is None:
-            return  # a propagator that writes no W3C context
-        state = carrier.get("tracestate")
-        context = parent if not state else f"{parent}\n{state}"
+        sender = span.get_span_context()
+        if not sender.is_valid:
+            return  # a provider that makes no real spans
+        # The W3C traceparent and tracestate, as the propagator writes them (without its lookups).
+        context = f"00-{sender.trace_id:032x}-{sender.span_id:016x}-{sender.trace_flags:02x}"
+        if sender.trace_state:
+            context = f"{context}\n{sender.trace_state.to_header()}"
         set_trace_context(message, context.encode())
 
     @contextlib.contextmanager
@@ -130,17 +133,12 @@ class _Tracer:
         parent = None
         links = None
         if raw is not None:
-            text = raw.decode("ascii", "replace")
-            traceparent, _, tracestate = text.partition("\n")
-            carrier = {"traceparent": traceparent}
-            if tracestate:
-                carrier["tracestate"] = tracestate
-            parent = self._propagator.extract(carrier)
-            sender = self._trace.get_current_span(parent).get_span_context()
-            if sender.is_valid:
+            sender = self._remote_context(raw)
+            if sender is not None:
                 links = [self._trace.Link(sender)]
-            else:
-                parent = None
+                parent = self._trace.set_span_in_context(
+                    self._trace.NonRecordingSpan(sender), self._empty
+                )
         span = self._tracer.start_span(
             f"process {worker}",
             context=parent,
@@ -158,6 +156,33 @@ class _Tracer:
         finally:
             self._detach(token)
             span.end()
+
+    def _remote_context(self, raw: bytes) -> Any:
+        """The sender's span context from a message's ``traceparent[\\ntracestate]``, or None
+        when it is not valid W3C trace context (the W3C propagator's checks, without its
+        lookups)."""
+        traceparent, _, tracestate = raw.decode("ascii", "replace").partition("\n")
+        match = _TRACEPARENT.fullmatch(traceparent)
+        if match is None:
+            return None
+        version, trace_id, span_id, flags, later = match.group(1, 2, 3, 4, 5)
+        if (
+            version == "ff"
+            or (version == "00" and later)
+            or trace_id == _ZERO_TRACE_ID
+            or span_id == _ZERO_SPAN_ID
+        ):
+            return None
+        state = None
+        if tracestate and len(tracestate) <= _MAX_TRACESTATE:
+            state = self._trace.TraceState.from_header([tracestate])
+        return self._trace.SpanContext(
+            trace_id=int(trace_id, 16),
+            span_id=int(span_id, 16),
+            is_remote=True,
+            trace_flags=self._trace.TraceFlags(int(flags, 16)),
+            trace_state=state,
+        )
 
 
 def _attributes(message: BusMessage, operation: str, destination: str) -> dict[str, Any]:

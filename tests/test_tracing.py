@@ -116,6 +116,50 @@ def test_the_plain_format_carries_no_context() -> None:
     assert packed.data == SERIALIZER.serialize(message)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        TRACEPARENT,
+        TRACEPARENT + b"\nvendor=a1,other=b2",
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",  # not sampled
+        b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later",  # a later version
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later",  # 00 has no more
+        b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # a forbidden version
+        b"00-00000000000000000000000000000000-b7ad6b7169203331-01",  # no trace id
+        b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",  # no span id
+        b"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01",  # short
+        TRACEPARENT + b"\n" + b"k=" + b"v" * 600,  # an oversized tracestate is dropped
+        b"not a trace context",
+        b"\xff\xfe",
+    ],
+)
+def test_a_received_context_is_read_as_the_w3c_propagator_reads_it(raw: bytes) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    tracing.instrument(tracer_provider=TracerProvider())
+    try:
+        from fastapi_busproxy import _tracing_hook
+
+        ours = _tracing_hook.active._remote_context(raw)  # type: ignore[union-attr]
+    finally:
+        tracing.uninstrument()
+    traceparent, _, tracestate = raw.decode("ascii", "replace").partition("\n")
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    theirs = trace.get_current_span(
+        TraceContextTextMapPropagator().extract(carrier)
+    ).get_span_context()
+    if not theirs.is_valid:
+        assert ours is None
+    else:
+        assert ours == theirs
+        assert ours.trace_state == theirs.trace_state
+        assert ours.is_remote
+
+
 # -- spans ---------------------------------------------------------------------------------------
 
 
