@@ -108,6 +108,10 @@ class InterestIndex(Generic[_S]):
         """Every name some subscriber receives as a target."""
         return set(self._by_target)
 
+    def wants_target(self, name: str) -> bool:
+        """Whether some subscriber receives messages targeted at ``name`` by name."""
+        return name in self._by_target
+
     def sources(self) -> set[str]:
         return set(self._by_source)
 

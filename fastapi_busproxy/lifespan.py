@@ -118,12 +118,15 @@ def create_bus(settings: BusProxySettings) -> WorkerBus:
     if scheme in ("memory", ""):
         return InMemoryBus(**options)
     if scheme in ("redis", "rediss", "unix"):
-        from .redis_bus import RedisBus  # redis itself is imported when the bus starts
+        from .redis import RedisBus  # redis itself is imported when the bus starts
 
         return RedisBus(
             url,
             capacity=settings.bus_queue_size,
             system_capacity=settings.bus_system_queue_size,
+            delivery=settings.bus_delivery,
+            stream_max_len=settings.bus_stream_max_len,
+            stream_max_age=settings.bus_stream_max_age,
         )
     raise ConfigurationError(
         f"unknown bus_url scheme in {url!r}: use memory:// or redis://host:port/db"

@@ -99,6 +99,11 @@ _REDIS_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("busproxy_redis_reconnects_total", "reconnects", "Reconnections of the Redis listener."),
     ("busproxy_redis_publish_failures_total", "publish_failures",
      "Sends Redis did not take within publish_timeout (the sender got BusUnavailableError)."),
+    ("busproxy_redis_lost_messages_total", "lost",
+     "Durable delivery: messages found missing from a stream (gaps in a sender's numbers:"
+     " trimmed unread, or Redis lost its data)."),
+    ("busproxy_redis_data_losses_total", "data_losses",
+     "Durable delivery: times Redis was found to have come back without its data."),
 )
 
 _LINK = ("route", "link", "remote_worker")

@@ -39,6 +39,19 @@ class BusProxySettings(BaseSettings):
         "memory://",
         description="Which bus the app shares: memory:// (one process) or redis://host:port/db.",
     )
+    bus_delivery: Literal["pubsub", "durable"] = Field(
+        "pubsub",
+        description="On Redis: pubsub (at most once, the fastest) or durable (Redis streams:"
+        " nothing lost or repeated across restarts; see docs/deployment.md).",
+    )
+    bus_stream_max_len: int = Field(
+        100_000, ge=1, description="Durable delivery: entries each worker's stream keeps, about."
+    )
+    bus_stream_max_age: float = Field(
+        86_400.0,
+        gt=0,
+        description="Durable delivery: seconds an entry is kept unread (and an idle stream).",
+    )
     runner_name: str | None = Field(
         None, description='Name of the app\'s runner (default "runner-<8 hex digits>").'
     )

@@ -13,7 +13,7 @@ import signal
 from typing import Any
 
 from fastapi_busproxy import BaseWorker, BusJobRequestMessage, BusMessage, WorkerRunner
-from fastapi_busproxy.redis_bus import RedisBus
+from fastapi_busproxy.redis import RedisBus
 from tests.redis_messages import Ping
 
 

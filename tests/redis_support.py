@@ -30,15 +30,24 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int) -> None:
+    """A redis-server of our own. With ``data_dir`` it persists every write (an append-only
+    file fsynced always) there, and a restart finds its data again."""
+
+    def __init__(self, port: int, data_dir: Path | None = None) -> None:
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
+        self.data_dir = data_dir
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+        if self.data_dir is None:
+            persistence = ["--appendonly", "no"]
+        else:
+            persistence = ["--appendonly", "yes", "--appendfsync", "always"]
+            persistence += ["--dir", str(self.data_dir)]
         self.process = await asyncio.create_subprocess_exec(
             binary,
             "--port",
@@ -47,8 +56,7 @@ class RedisServer:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *persistence,
             "--loglevel",
             "notice",
             stdout=asyncio.subprocess.PIPE,
@@ -72,16 +80,27 @@ class RedisServer:
             pass
 
     async def stop(self) -> None:
+        """Kill it (SIGKILL): what it did not persist is gone."""
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
             await self._drain
         self.process = None
 
+    async def terminate(self) -> None:
+        """Stop it as an operator does (SIGTERM): it writes and closes its files first."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await asyncio.wait_for(self.process.wait(), 10)
+            await self._drain
+        self.process = None
+
 
 @asynccontextmanager
-async def redis_server(port: int | None = None) -> AsyncIterator[RedisServer]:
-    server = RedisServer(port or free_port())
+async def redis_server(
+    port: int | None = None, data_dir: Path | None = None
+) -> AsyncIterator[RedisServer]:
+    server = RedisServer(port or free_port(), data_dir)
     await server.start()
     try:
         yield server

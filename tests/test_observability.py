@@ -37,7 +37,7 @@ from fastapi_busproxy import (
 from fastapi_busproxy._observer import observer_of
 from fastapi_busproxy.messages import wire_name_of
 from fastapi_busproxy.metrics import METRICS, include_metrics, metrics_dict
-from fastapi_busproxy.redis_bus import RedisBus
+from fastapi_busproxy.redis import RedisBus
 from fastapi_busproxy.status import bus_status, include_status_page
 from fastapi_busproxy.testing import RemotePeer, running_app
 

@@ -22,7 +22,7 @@ from fastapi_busproxy import (
     include_bus_proxy,
 )
 from fastapi_busproxy.proxy import ReconnectPolicy
-from fastapi_busproxy.redis_bus import RedisBus
+from fastapi_busproxy.redis import RedisBus
 from tests.redis_messages import Ping
 from tests.redis_support import node, redis_server, redis_url
 from tests.servers import running_uvicorn
@@ -212,12 +212,13 @@ async def test_a_process_that_dies_while_its_workers_are_read_stays_gone() -> No
         async with local_runner(url, ns) as (runner, bus):
             pid = "dead-process"
             entry = WorkerRegistryEntry(name="ghost")
-            await bus._redis.hset(bus._workers_key(pid), "ghost", bus._encode_entry(entry))
-            loading = asyncio.create_task(bus._load_process(pid))
+            replica = bus._replica
+            await bus._redis.hset(bus.keys.workers(pid), "ghost", replica.encode_entry(entry))
+            loading = asyncio.create_task(replica.load_process(pid))
             await asyncio.sleep(0)  # the load is waiting on Redis now
-            bus._forget_process(pid)  # ...when the process is found dead
+            replica.forget_process(pid)  # ...when the process is found dead
             await loading
             assert "ghost" not in runner.registry
             # A process that is alive is loaded as before.
-            await bus._load_process(pid)
+            await replica.load_process(pid)
             assert "ghost" in runner.registry

@@ -16,7 +16,7 @@ from fastapi_busproxy import (
     WorkerRunner,
 )
 from fastapi_busproxy.metrics import METRICS, metric_families
-from fastapi_busproxy.redis_bus import RedisBus
+from fastapi_busproxy.redis import RedisBus
 from fastapi_busproxy.snapshot import COUNTERS, EndedLinks, RefusalLog, bus_snapshot, route_of
 
 pytestmark = pytest.mark.anyio

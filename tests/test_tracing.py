@@ -288,7 +288,7 @@ async def test_a_jobs_spans_form_one_trace_across_processes(
 @pytest.mark.anyio
 @pytest.mark.redis
 async def test_the_context_crosses_the_redis_bus(spans: InMemorySpanExporter) -> None:
-    from fastapi_busproxy.redis_bus import RedisBus
+    from fastapi_busproxy.redis import RedisBus
     from tests.redis_support import redis_url
 
     received: asyncio.Queue[Any] = asyncio.Queue(1)

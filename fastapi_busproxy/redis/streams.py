@@ -1,0 +1,306 @@
+"""Durable delivery: the messages for a worker go through a Redis stream of their own.
+
+Chosen with ``RedisBus(delivery="durable")`` (``BUSPROXY_BUS_DELIVERY=durable``). A message with
+a target that no subscriber of the sending process wants is added to the target's stream
+(``<prefix>:q:<target>``) and a notice goes to the target's channel. The process whose
+subscribers want that target (the worker's, or the proxy of a remote worker) reads the stream
+in the consumer group ``workers``, hands each message to the bus's local queues, and then
+acknowledges it and records, per sender, the last number delivered (one transaction).
+
+- **Sending.** ``send()`` returns once Redis has the message; while Redis is unreachable it
+  retries for ``publish_timeout`` seconds, then raises ``BusUnavailableError``.
+- **Kept for a worker that is down.** The stream keeps what nobody reads (bounded, below) until
+  a subscriber of that target starts in some process; it reads from the oldest entry.
+- **Taking over.** A process that starts reading a target claims what other readers of it had
+  read and not acknowledged (worker names are unique: another reader is a previous host, gone or
+  going), before anything new.
+- **No repeats, no silent gaps.** Each sender numbers its messages per target; the reader drops a
+  number it has delivered (a redelivery, a retried send) and counts and logs a skipped one: what
+  the stream lost unread (trimmed, or Redis lost its data).
+- **Order.** Per sender and target, messages are delivered in the order they were sent.
+- **Bounds.** A stream holds about ``stream_max_len`` entries (Redis trims the oldest, whole
+  nodes at a time) and none older than ``stream_max_age`` seconds; a stream nobody writes to for
+  ``stream_max_age`` is removed. A reader takes ``batch`` entries at a time and waits for room
+  in the worker's queue before taking more: a slow worker leaves its messages in Redis, and
+  holds back only its own stream.
+- **Tasks.** One task per target with unread entries, while it has some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import BusClosedError, MessageDecodeError
+from ..messages import BusMessage, mark_origin, set_trace_context
+from ..proxy.reconnect import ReconnectPolicy
+from .errors import redis_errors
+from .keys import GROUP, KeyScheme, decode_envelope, encode_envelope
+from .ledger import DeliveryLedger, SendCounters
+
+if TYPE_CHECKING:
+    from ..serializers import MessageSerializer
+
+__all__ = ["DataLoss", "StreamDelivery"]
+
+logger = logging.getLogger("fastapi_busproxy.redis")
+
+
+@dataclass(frozen=True)
+class DataLoss:
+    """Messages the bus knows it lost: ``count`` messages from ``sender`` to ``target`` never
+    delivered (``reason="gap"``), or Redis came back without its data (``reason="epoch"``,
+    ``count`` 0: what was lost shows as gaps when the senders send again)."""
+
+    reason: str
+    target: str | None = None
+    sender: str | None = None
+    count: int = 0
+
+
+@dataclass
+class _Reader:
+    target: str
+    ledger: DeliveryLedger
+    task: asyncio.Task[None] | None = None
+    again: bool = False
+    prepared: bool = False
+    attempt: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class StreamDelivery:
+    """The durable half of a :class:`~fastapi_busproxy.redis.RedisBus` (see the module)."""
+
+    def __init__(
+        self,
+        keys: KeyScheme,
+        process_id: str,
+        serializer: MessageSerializer,
+        *,
+        deliver: Callable[[BusMessage], Awaitable[None]],
+        retrying: Callable[[Callable[[], Awaitable[None]], BusMessage], Awaitable[None]],
+        wanted: Callable[[str], bool],
+        spawn: Callable[[Any, str], asyncio.Task[None]],
+        stats: Any,
+        on_loss: Callable[[DataLoss], None],
+        publish_timeout: float,
+        stream_max_len: int,
+        stream_max_age: float,
+        batch: int = 64,
+        reconnect: ReconnectPolicy | None = None,
+    ) -> None:
+        self.keys = keys
+        self.process_id = process_id
+        self.serializer = serializer
+        self.redis: Any = None
+        self.active = False
+        self.publish_timeout = publish_timeout
+        self.stream_max_len = stream_max_len
+        self.stream_max_age = stream_max_age
+        self.batch = batch
+        self.reconnect = reconnect or ReconnectPolicy(initial_delay=0.1, max_delay=2.0)
+        self._deliver = deliver
+        self._retrying = retrying
+        self._wanted = wanted
+        self._spawn = spawn
+        self._stats = stats
+        self._on_loss = on_loss
+        self._counters = SendCounters()
+        self._readers: dict[str, _Reader] = {}
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def add(self, message: BusMessage, origin: str | None) -> None:
+        """Add ``message`` to its target's stream; returns once Redis has it.
+
+        Raises:
+            BusUnavailableError: Redis did not take it within ``publish_timeout``.
+        """
+        target = message.target
+        assert target is not None
+        seq = self._counters.next(target)
+        data = encode_envelope(
+            self.process_id, seq, origin, self.serializer.serialize(message), message.trace_context
+        )
+        stream = self.keys.stream(target)
+        age_ms = int(self.stream_max_age * 1000)
+
+        async def attempt() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(stream, {"d": data}, maxlen=self.stream_max_len, approximate=True)
+            pipe.xtrim(stream, minid=str(int(time.time() * 1000) - age_ms), approximate=True)
+            pipe.pexpire(stream, age_ms)
+            pipe.publish(self.keys.target(target), b"")  # the reader's wake-up call
+            await pipe.execute()
+
+        await self._retrying(attempt, message)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def wake(self, target: str) -> None:
+        """Read ``target``'s stream now (a notice came, or a subscriber started wanting it)."""
+        if not self.active or not self._wanted(target):
+            return
+        reader = self._readers.get(target)
+        if reader is None:
+            reader = self._readers[target] = _Reader(target, DeliveryLedger())
+        reader.again = True
+        if reader.task is None:
+            reader.task = self._spawn(self._run(reader), f"stream:{target}")
+
+    def wake_all(self) -> None:
+        """After a reconnect: notices sent meanwhile were lost, so read every wanted stream."""
+        for reader in list(self._readers.values()):
+            reader.prepared = False  # Redis may have restarted: its groups may be new
+            self.wake(reader.target)
+
+    def forget(self, target: str) -> None:
+        """Nobody here wants ``target`` any more (its reader ends after its batch)."""
+        reader = self._readers.get(target)
+        if reader is not None and reader.task is None:
+            del self._readers[target]
+
+    async def _run(self, reader: _Reader) -> None:
+        try:
+            while reader.again and self.active and self._wanted(reader.target):
+                reader.again = False
+                try:
+                    if not reader.prepared:
+                        await self._prepare(reader)
+                    await self._drain(reader, "0")  # ours, read before and not acknowledged
+                    await self._drain(reader, ">")
+                    reader.attempt = 0
+                except BusClosedError:
+                    return
+                except Exception as exc:
+                    if not isinstance(exc, redis_errors()) and "NOGROUP" not in str(exc):
+                        raise
+                    # Redis is away, or came back without the group: set up again, then read.
+                    reader.prepared = False
+                    reader.again = True
+                    reader.attempt += 1
+                    delay = self.reconnect.delay(reader.attempt, 0.5)
+                    logger.warning(
+                        "redis bus %s: reading the stream of %s failed (%s); again in %.2fs",
+                        self.process_id,
+                        reader.target,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+        finally:
+            reader.task = None
+            if not self._wanted(reader.target):
+                self._readers.pop(reader.target, None)
+
+    async def _prepare(self, reader: _Reader) -> None:
+        redis = self.redis
+        stream = self.keys.stream(reader.target)
+        try:
+            await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except Exception as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        record = await redis.hgetall(self.keys.delivered(reader.target))
+        reader.ledger.load({k.decode(): int(v) for k, v in record.items()})
+        # Worker names are unique: another reader of this stream is a previous host.
+        summary = await redis.xpending(stream, GROUP)
+        for consumer in summary.get("consumers") or ():
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if name == self.process_id:
+                continue
+            while True:
+                pending = await redis.xpending_range(
+                    stream, GROUP, min="-", max="+", count=self.batch, consumername=name
+                )
+                if not pending:
+                    break
+                ids = [entry["message_id"] for entry in pending]
+                await redis.xclaim(stream, GROUP, self.process_id, 0, ids, justid=True)
+            await redis.xgroup_delconsumer(stream, GROUP, name)
+            logger.info(
+                "redis bus %s: took over the stream of %s from %s",
+                self.process_id,
+                reader.target,
+                name,
+            )
+        reader.prepared = True
+
+    async def _drain(self, reader: _Reader, start: str) -> None:
+        redis = self.redis
+        target = reader.target
+        stream = self.keys.stream(target)
+        while self.active:
+            answer = await redis.xreadgroup(
+                GROUP, self.process_id, {stream: start}, count=self.batch
+            )
+            entries = answer[0][1] if answer else []
+            if not entries:
+                return
+            acks = []
+            record: dict[str, int] = {}
+            try:
+                for entry_id, fields in entries:
+                    if fields:  # a claimed entry that was trimmed meanwhile has none
+                        await self._take(reader, fields, record)
+                    acks.append(entry_id)
+            finally:
+                # What was handed over is acknowledged even when stopping midway (the rest
+                # stays pending, for this process's next read or the next host's claim).
+                if acks:
+                    pipe = redis.pipeline(transaction=True)
+                    pipe.xack(stream, GROUP, *acks)
+                    if record:
+                        pipe.hset(self.keys.delivered(target), mapping=record)
+                        pipe.pexpire(self.keys.delivered(target), int(self.stream_max_age * 2000))
+                    await pipe.execute()
+
+    async def _take(
+        self, reader: _Reader, fields: dict[bytes, bytes], record: dict[str, int]
+    ) -> None:
+        stats = self._stats
+        try:
+            envelope = decode_envelope(fields.get(b"d", b""))
+        except MessageDecodeError as exc:
+            self._refuse(f"{exc} in the stream of {reader.target}")
+            return
+        sender, seq = envelope.process, envelope.seq
+        verdict = reader.ledger.check(sender, seq)
+        if verdict.duplicate:
+            stats.duplicates += 1
+            return
+        if verdict.lost:
+            stats.lost += verdict.lost
+            logger.error(
+                "redis bus %s: %d message(s) from process %s to %s were lost unread"
+                " (trimmed from the stream, or Redis lost its data)",
+                self.process_id,
+                verdict.lost,
+                sender,
+                reader.target,
+            )
+            self._on_loss(DataLoss("gap", reader.target, sender, verdict.lost))
+        try:
+            message = self.serializer.deserialize(envelope.payload)
+        except MessageDecodeError as exc:
+            self._refuse(f"{exc} (from process {sender})")
+            reader.ledger.delivered(sender, seq)
+            record[sender] = seq
+            return
+        mark_origin(message, envelope.origin or f"redis:{sender}")
+        if envelope.trace_context is not None:
+            set_trace_context(message, envelope.trace_context)
+        stats.received += 1
+        await self._deliver(message)  # waits for room: a slow worker holds its stream only
+        reader.ledger.delivered(sender, seq)
+        record[sender] = seq
+
+    def _refuse(self, detail: str) -> None:
+        self._stats.rejected += 1
+        logger.warning("redis bus %s: refused a message from Redis: %s", self.process_id, detail)

@@ -1,0 +1,181 @@
+"""Durable delivery on a real Redis, under faults, counting what is lost and what is repeated.
+
+Each node is a separate OS process (``tests.durable_node``) that prints what it sent and what
+its worker got; a killed node's lines stay with the test. Redis is restarted (SIGTERM, 1 s
+down) with an append-only file fsynced always, or killed and started without its data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.redis_support import ROOT, redis_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+DOWN = 1.0  # seconds Redis stays down in a restart
+
+
+class DurableNode:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            self.lines.append(line.decode().strip())
+            self._changed.set()
+        self._changed.set()
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 60) -> None:
+        async def wait() -> None:
+            while not condition():
+                if self.process.returncode is not None and self._reader.done():
+                    raise AssertionError(f"the node exited: {self.lines[-5:]}")
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+    def numbers(self, word: str, sender: str | None = None) -> list[int]:
+        found = []
+        for line in self.lines:
+            parts = line.split()
+            if parts[0] != word:
+                continue
+            if word == "GOT":
+                if sender is None or parts[1] == sender:
+                    found.append(int(parts[2]))
+            else:
+                found.append(int(parts[1]))
+        return found
+
+    def losses(self, reason: str) -> list[int]:
+        return [int(line.split()[2]) for line in self.lines if line.startswith(f"LOSS {reason}")]
+
+    async def stop(self, kill: bool = False) -> None:
+        if self.process.returncode is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+        await asyncio.wait_for(self.process.wait(), 15)
+        await self._reader
+
+
+@asynccontextmanager
+async def durable_node(
+    url: str, ns: str, worker: str, peer: str | None = None, count: int = 0
+) -> AsyncIterator[DurableNode]:
+    args = [sys.executable, "-m", "tests.durable_node", "--url", url, "--worker", worker]
+    args += ["--prefix", ns]
+    if peer is not None:
+        args += ["--peer", peer, "--count", str(count)]
+    process = await asyncio.create_subprocess_exec(
+        *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=None
+    )
+    node = DurableNode(process)
+    try:
+        await node.wait_for(lambda: any(line.startswith("READY") for line in node.lines), 20)
+        yield node
+    finally:
+        await node.stop(kill=True)
+
+
+def prefix() -> str:
+    return f"durable-{uuid.uuid4().hex[:8]}"
+
+
+def lost_and_repeated(sent: list[int], got: list[int]) -> tuple[set[int], dict[int, int]]:
+    counts = Counter(got)
+    return set(sent) - set(counts), {n: c for n, c in counts.items() if c > 1}
+
+
+async def test_messages_for_a_worker_that_is_down_are_kept_and_come_in_order() -> None:
+    async with redis_server() as redis:
+        ns = prefix()
+        async with durable_node(redis.url, ns, "a", peer="b", count=50) as a:
+            await a.wait_for(lambda: "DONE" in a.lines)
+            assert a.numbers("SENT") == list(range(1, 51))
+            async with durable_node(redis.url, ns, "b") as b:
+                await b.wait_for(lambda: len(b.numbers("GOT")) >= 50)
+                assert b.numbers("GOT", "a") == list(range(1, 51))
+
+
+async def test_redis_restarted_three_times_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    count = 600  # each way, about 6 s at 100 a second
+    async with redis_server(data_dir=tmp_path) as redis:
+        ns = prefix()
+        async with (
+            durable_node(redis.url, ns, "a", peer="b", count=count) as a,
+            durable_node(redis.url, ns, "b", peer="a", count=count) as b,
+        ):
+            for round_ in range(3):
+                # Each restart once more messages have crossed: the streams are busy.
+                await b.wait_for(lambda r=round_: len(b.numbers("GOT")) >= 100 * (r + 1))
+                await redis.terminate()
+                await asyncio.sleep(DOWN)  # the fault: Redis is down this long
+                await redis.start()
+            for node in (a, b):
+                await node.wait_for(lambda n=node: "DONE" in n.lines, 90)
+            await a.wait_for(lambda: len(a.numbers("GOT")) >= len(b.numbers("SENT")), 60)
+            await b.wait_for(lambda: len(b.numbers("GOT")) >= len(a.numbers("SENT")), 60)
+            for sender, receiver in ((a, b), (b, a)):
+                assert sender.numbers("FAIL") == []
+                sent = sender.numbers("SENT")
+                got = receiver.numbers("GOT")
+                assert len(sent) == count
+                lost, repeated = lost_and_repeated(sent, got)
+                assert (lost, repeated) == (set(), {})
+                assert got == sorted(got)  # the sender's order
+
+
+async def test_a_killed_node_replaced_under_its_name_loses_and_repeats_nothing() -> None:
+    count = 400
+    async with redis_server() as redis:
+        ns = prefix()
+        async with durable_node(redis.url, ns, "a", peer="b", count=count) as a:
+            async with durable_node(redis.url, ns, "b") as b:
+                await b.wait_for(lambda: len(b.numbers("GOT")) >= 100)
+                await b.stop(kill=True)  # SIGKILL, while a keeps sending
+            first = b.numbers("GOT", "a")
+            async with durable_node(redis.url, ns, "b") as b2:
+                await a.wait_for(lambda: "DONE" in a.lines, 60)
+                sent = a.numbers("SENT")
+                await b2.wait_for(lambda: len(first) + len(b2.numbers("GOT")) >= len(sent))
+                second = b2.numbers("GOT", "a")
+        lost, repeated = lost_and_repeated(sent, first + second)
+        assert (lost, repeated) == (set(), {})
+        assert first + second == sorted(first + second)  # the sender's order, across both
+
+
+async def test_redis_restarted_without_its_data_reports_the_loss_with_a_count() -> None:
+    count = 200
+    async with redis_server() as redis:
+        ns = prefix()
+        async with durable_node(redis.url, ns, "a", peer="b", count=count) as a:
+            await a.wait_for(lambda: len(a.numbers("SENT")) >= 80)
+            await redis.stop()  # SIGKILL, and no persistence: the stream for b is gone
+            await redis.start()
+            await a.wait_for(lambda: "DONE" in a.lines, 60)
+            await a.wait_for(lambda: bool(a.losses("epoch")))  # the sender saw Redis forget
+            async with durable_node(redis.url, ns, "b") as b:
+                await b.wait_for(lambda: bool(b.losses("gap")))
+                reported = sum(b.losses("gap"))
+                await b.wait_for(lambda: len(b.numbers("GOT", "a")) + reported >= count)
+                received = b.numbers("GOT", "a")
+        # Nothing vanished silently: what b got and what b was told it lost make up all.
+        assert a.numbers("SENT") == list(range(1, count + 1))
+        assert reported >= 1
+        assert received == list(range(reported + 1, count + 1))
