@@ -30,11 +30,12 @@ from bench.scenarios import (
     latency,
     links,
     observe,
+    redis,
     throughput,
     voice,
 )
 
-NAMES = ("import", "latency", "throughput", "links", "voice", "flood", "cut", "observe")
+NAMES = ("import", "latency", "throughput", "links", "voice", "flood", "cut", "observe", "redis")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,6 +100,11 @@ def build(args: argparse.Namespace, counts: Counts) -> list[Scenario]:
             chosen.append(observe.scenario())
         else:
             print("observe: skipped (needs opentelemetry-sdk: pip install -e '.[dev]')")
+    if "redis" in args.only:
+        if redis.available():
+            chosen.append(redis.scenario())
+        else:
+            print("redis: skipped (needs redis-server and the redis extra)")
     return chosen
 
 

@@ -31,6 +31,7 @@ SCENARIOS = {
     "flood[deflate=off]",
     "cut[every=100]",
     "observe[deflate=off]",
+    "redis",
 }
 
 

@@ -172,7 +172,9 @@ class StreamDelivery:
                 try:
                     if not reader.prepared:
                         await self._prepare(reader)
-                    await self._drain(reader, "0")  # ours, read before and not acknowledged
+                        # Ours, read before and not acknowledged (an acknowledgement that
+                        # failed), and what was claimed from a previous host: first.
+                        await self._drain(reader, "0")
                     await self._drain(reader, ">")
                     reader.attempt = 0
                 except BusClosedError:

@@ -1,0 +1,188 @@
+"""The Redis bus's two delivery modes, measured against each other in the same run.
+
+Two runners in this process, each on its own ``RedisBus`` on one redis-server of the run's own
+(on 127.0.0.1, a free port): a worker on one sends numbered messages to a worker on the other.
+The baseline is pub/sub; durable mode runs on the same server (no persistence), and again on a
+second server that persists every write (``appendfsync always``), as durable mode's guarantee
+needs. Latency: one message in flight, there and back. Throughput: one sender, each ``send``
+awaited (it returns once Redis has the message), until the other side has them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import statistics
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..clients import now
+from ..stats import percentile
+from . import Context, Row, Scenario
+
+MODES = ("pubsub", "durable", "durable_fsync")
+
+
+def available() -> bool:
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("redis-server") is not None
+
+
+@asynccontextmanager
+async def redis_server(data_dir: Path | None) -> AsyncIterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if data_dir is None:
+        args += ["--appendonly", "no"]
+    else:
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(data_dir)]
+    process = await asyncio.create_subprocess_exec(
+        "redis-server", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(10):
+        while b"Ready to accept connections" not in await process.stdout.readline():
+            if process.returncode is not None:
+                raise RuntimeError("redis-server did not start")
+    drain = asyncio.get_running_loop().create_task(process.stdout.read())
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        await process.wait()
+        await drain
+
+
+async def _measure(url: str, delivery: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+    from fastapi_busproxy import BaseWorker, BusDataMessage, BusMessage, WorkerRunner
+    from fastapi_busproxy.redis import RedisBus
+
+    @dataclass(kw_only=True)
+    class Numbered(BusDataMessage):
+        n: int
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+
+    class Echo(BaseWorker):
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if isinstance(message, Numbered):
+                await self.send_bus_message(Numbered(source=self.name, target="ping", n=message.n))
+            else:
+                await super().on_bus_message(message)
+
+    class Sink(BaseWorker):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.got: list[int] = []
+            self.arrived = asyncio.Event()
+
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if isinstance(message, Numbered):
+                self.got.append(message.n)
+                self.arrived.set()
+            else:
+                await super().on_bus_message(message)
+
+    def bus() -> RedisBus:
+        return RedisBus(url, prefix=prefix, delivery=delivery)  # type: ignore[arg-type]
+
+    here, there = WorkerRunner(name="here", bus=bus()), WorkerRunner(name="there", bus=bus())
+    ping, echo, sink = Sink("ping"), Echo("echo"), Sink("sink")
+    figures: dict[str, float] = {}
+    async with here, there:
+        await here.add_workers(ping)
+        await there.add_workers(echo, sink)
+        await here.registry.wait_ready("echo", timeout=10)
+        rtts = []
+        for n in range(latency_n):
+            ping.arrived.clear()
+            started = now()
+            await ping.send_bus_message(Numbered(source="ping", target="echo", n=n))
+            async with asyncio.timeout(10):
+                while not ping.got or ping.got[-1] != n:
+                    ping.arrived.clear()
+                    await ping.arrived.wait()
+            rtts.append((now() - started) * 1000)
+        figures["p50_ms"] = statistics.median(rtts)
+        figures["p99_ms"] = percentile(rtts, 99)
+        started = now()
+        for n in range(throughput_n):
+            await ping.send_bus_message(Numbered(source="ping", target="sink", n=n))
+        async with asyncio.timeout(60):
+            while len(sink.got) < throughput_n:
+                sink.arrived.clear()
+                await sink.arrived.wait()
+        figures["msgs_per_s"] = throughput_n / (now() - started)
+        figures["lost"] = float(throughput_n - len(set(sink.got)))
+        got = sink.got
+        figures["reordered"] = float(sum(1 for i in range(1, len(got)) if got[i] < got[i - 1]))
+    return figures
+
+
+async def run_round(ctx: Context) -> dict[str, float]:
+    latency_n = max(100, ctx.counts.latency // 10)
+    throughput_n = max(500, ctx.counts.throughput // 10)
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as data_dir:
+        async with redis_server(None) as plain, redis_server(Path(data_dir)) as persisted:
+            for mode in MODES:
+                url = persisted if mode == "durable_fsync" else plain
+                delivery = "pubsub" if mode == "pubsub" else "durable"
+                result = await _measure(url, delivery, latency_n, throughput_n)
+                figures.update({f"{mode}.{key}": value for key, value in result.items()})
+    return figures
+
+
+def scenario() -> Scenario:
+    rows = []
+    for mode, name in (("durable", "durable"), ("durable_fsync", "durable, fsync always")):
+        rows += [
+            Row(
+                f"p50, {name} vs pub/sub",
+                "ms",
+                "pubsub.p50_ms",
+                f"{mode}.p50_ms",
+                "lower",
+                ref_name="pub/sub",
+                value_name=name,
+                digits=3,
+            ),
+            Row(
+                f"p99, {name} vs pub/sub",
+                "ms",
+                "pubsub.p99_ms",
+                f"{mode}.p99_ms",
+                "lower",
+                ref_name="pub/sub",
+                value_name=name,
+                digits=3,
+            ),
+            Row(
+                f"throughput, {name} vs pub/sub",
+                "msg/s",
+                "pubsub.msgs_per_s",
+                f"{mode}.msgs_per_s",
+                "higher",
+                ref_name="pub/sub",
+                value_name=name,
+                digits=0,
+            ),
+        ]
+    return Scenario(
+        name="redis",
+        variant="",
+        run_round=run_round,
+        rows=tuple(rows),
+        checks=tuple(f"{mode}.{check}" for mode in MODES for check in ("lost", "reordered")),
+        expected=tuple(f"{mode}.p50_ms" for mode in MODES),
+    )
