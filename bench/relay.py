@@ -39,8 +39,12 @@ def _break(writer: asyncio.StreamWriter, how: Break) -> None:
 
 
 class Relay:
-    def __init__(self, target_port: int) -> None:
+    """Relays each new connection to ``target_port``, or, when nothing listens there, to the
+    first of ``fallback_ports`` that takes it (a balancer in front of several instances)."""
+
+    def __init__(self, target_port: int, *fallback_ports: int) -> None:
         self.target_port = target_port
+        self.ports = (target_port, *fallback_ports)
         self.port = 0
         self.accepted = 0
         self._live: list[_Relayed] = []
@@ -60,10 +64,14 @@ class Relay:
             self.refused += 1
             self._refused_one.set()
             return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            _break(writer, "rst")  # nothing listens there: the client sees a refusal
+        for port in self.ports:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue  # nothing listens there: the next
+            break
+        else:
+            _break(writer, "rst")  # nothing listens anywhere: the client sees a refusal
             return
         relayed = _Relayed(writer, up_writer)
         loop = asyncio.get_running_loop()
@@ -136,8 +144,8 @@ class Relay:
 
 
 @asynccontextmanager
-async def running_relay(target_port: int) -> AsyncIterator[Relay]:
-    relay = Relay(target_port)
+async def running_relay(target_port: int, *fallback_ports: int) -> AsyncIterator[Relay]:
+    relay = Relay(target_port, *fallback_ports)
     relay._server = await asyncio.start_server(relay._handle, "127.0.0.1", 0)
     relay.port = relay._server.sockets[0].getsockname()[1]
     try:

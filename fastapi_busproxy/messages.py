@@ -60,6 +60,7 @@ __all__ = [
     "WorkerRegistryEntry",
     "is_local_only",
     "mark_origin",
+    "set_link_seq",
     "set_trace_context",
     "register_wire_type",
     "wire_name_of",
@@ -168,12 +169,17 @@ class BusMessage:
     ``tracestate`` after a newline, in ASCII) of the span the message was sent in, set when
     tracing is on (:mod:`fastapi_busproxy.tracing`). It crosses our framed links and the Redis
     bus beside the message, never the reference's plain format.
+
+    ``link_seq`` is set by a resumable link on what it lets in: ``(session, number)``, the
+    message's identity in its session, by which the durable Redis bus drops a message that a
+    client resuming on another instance sends again (:mod:`fastapi_busproxy.redis.streams`).
     """
 
     system: ClassVar[bool] = False
     overflow: ClassVar[Overflow] = Overflow.WAIT
     origin: ClassVar[str | None] = None
     trace_context: ClassVar[bytes | None] = None
+    link_seq: ClassVar[tuple[str, int] | None] = None
 
     source: str
     target: str | None = None
@@ -189,6 +195,11 @@ class BusMessage:
 def mark_origin(message: BusMessage, link: str) -> None:
     """Record that ``message`` arrived through ``link`` (a proxy or a bus backend)."""
     object.__setattr__(message, "origin", link)
+
+
+def set_link_seq(message: BusMessage, session: str, seq: int) -> None:
+    """Record ``message``'s number in the resumable session it arrived in."""
+    object.__setattr__(message, "link_seq", (session, seq))
 
 
 def set_trace_context(message: BusMessage, context: bytes | None) -> None:

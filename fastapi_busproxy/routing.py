@@ -45,7 +45,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, WebSocket
 from fastapi.params import Depends as DependsParam
@@ -56,7 +56,7 @@ from .closecodes import CloseCode
 from .exceptions import ConfigurationError
 from .lifespan import _state, bus_lifespan, runner_of
 from .messages import BusMessage
-from .proxy.framing import RESUME_HEADER, parse_resume_header
+from .proxy.framing import RESUME_HEADER, parse_resume_acknowledged, parse_resume_header
 from .proxy.server import SESSION_END_WAIT, WebSocketProxyServer
 from .runner import RunnerState, WorkerRunner
 from .serializers import MessageSerializer
@@ -67,6 +67,9 @@ __all__ = ["BusSession", "bus_proxy_router", "include_bus_proxy"]
 
 _session_ids = itertools.count(1)
 
+
+if TYPE_CHECKING:
+    from .redis.sessions import SessionDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,9 @@ class BusSession:
 class _Session:
     proxy: WebSocketProxyServer | None = None
     done: Flag = field(default_factory=Flag)
+    # A durable Redis bus's session directory, and the session recorded there.
+    directory: SessionDirectory | None = None
+    recorded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +287,13 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
     entry = _Session()
     state.sessions[remote] = entry
     kept = False
+    directory = getattr(runner.bus, "sessions", None)  # a durable Redis bus's
+    taken = None
+    if resume is not None and directory is not None:
+        # A session this instance does not have: another instance served it until it died?
+        acknowledged = parse_resume_acknowledged(websocket.headers.get(RESUME_HEADER))
+        if acknowledged is not None and await directory.remote_worker_of(resume[0]) == remote:
+            taken = (resume[0], resume[1], acknowledged)
     # The connection's proxy and session workers end together, and only together: a peer's
     # (or a session worker's) end() ends this session, never the app's runner.
     group = runner.new_session(f"{route.name}:{remote}#{next(_session_ids)}")
@@ -301,7 +314,15 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
             **options,
         )
         entry.proxy = session.proxy = proxy
+        if taken is not None and proxy.resumable:
+            logger.info(
+                "route %s: %s takes over its session from another instance", route.name, remote
+            )
+            proxy.take_over(*taken)
         await runner.add_workers(proxy, session=group)
+        if directory is not None and proxy.session_id is not None:
+            entry.directory, entry.recorded = directory, proxy.session_id
+            await directory.remember(proxy.session_id, remote, proxy.resume_grace or 0)
         await proxy.wait_connection()
         if proxy.session_open:
             # The session outlives this connection (it waits for its client to resume): the
@@ -333,6 +354,8 @@ async def _release(state: Any, remote: str, entry: _Session, group: WorkerSessio
     try:
         # Each worker stops in a task it owns, which goes on if we are cancelled here.
         await asyncio.shield(group.cancel("session ended"))
+        if entry.directory is not None and entry.recorded is not None:
+            await entry.directory.forget(entry.recorded)
     finally:
         if state.sessions.get(remote) is entry:
             del state.sessions[remote]

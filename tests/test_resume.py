@@ -24,6 +24,7 @@ from fastapi_busproxy.proxy.framing import (
     encode_welcome,
     format_resume_header,
     is_resumable,
+    parse_resume_acknowledged,
     parse_resume_header,
     subprotocols_for,
 )
@@ -139,10 +140,19 @@ def test_broken_v2_frames_are_framing_errors(data: bytes) -> None:
         ("abc 1x", None),
         ("x" * 129 + " 1", None),
         ("abc 99999999999999999999", None),
+        ("abc 12 7", ("abc", 12)),
+        ("abc 12 7 1", None),
+        ("abc 12 x", None),
     ],
 )
 def test_the_resume_header(value: str | None, parsed: tuple[str, int] | None) -> None:
     assert parse_resume_header(value) == parsed
+
+
+def test_the_resume_header_may_say_what_the_server_acknowledged() -> None:
+    assert parse_resume_acknowledged(format_resume_header("s", 12, 7)) == 7
+    assert parse_resume_acknowledged(format_resume_header("s", 12)) is None
+    assert parse_resume_acknowledged("s 12 1x") is None
 
 
 def test_a_server_that_keeps_sessions_prefers_v2_and_falls_back_to_v1() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .._flag import Flag
@@ -68,7 +68,10 @@ class WebSocketProxyClient(ProxyWorker):
 
     Args:
         name: unique worker name of this proxy.
-        url: ``ws://`` or ``wss://`` URL of the server endpoint.
+        url: ``ws://`` or ``wss://`` URL of the server endpoint, or a list of them (the
+            instances of one app): a connection that cannot be made to one is tried at once
+            on the next, and the backoff applies when all have failed in turn. A session
+            resumes on another instance when the app runs a durable Redis bus.
         remote_worker_name: the worker on the server's side.
         local_worker_name: the local worker the server talks to.
         forward_messages: extra message types forwarded from ``local_worker_name`` by source.
@@ -119,7 +122,7 @@ class WebSocketProxyClient(ProxyWorker):
         self,
         name: str,
         *,
-        url: str,
+        url: str | Sequence[str],
         remote_worker_name: str,
         local_worker_name: str,
         forward_messages: Iterable[type[BusMessage]] = (),
@@ -141,8 +144,12 @@ class WebSocketProxyClient(ProxyWorker):
         resume: bool = True,
         replay_buffer_size: int = DEFAULT_REPLAY_BUFFER,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
-            raise ConfigurationError(f"url must be a ws:// or wss:// URL, not {url!r}")
+        urls = (url,) if isinstance(url, str) else tuple(url)
+        if not urls:
+            raise ConfigurationError("url must be a ws:// or wss:// URL, or a list of them")
+        for one in urls:
+            if not isinstance(one, str) or not one.startswith(("ws://", "wss://")):
+                raise ConfigurationError(f"url must be a ws:// or wss:// URL, not {one!r}")
         if local_worker_name == remote_worker_name:
             raise ConfigurationError(
                 f"local_worker_name and remote_worker_name are both {local_worker_name!r}:"
@@ -169,7 +176,8 @@ class WebSocketProxyClient(ProxyWorker):
             outbox=Outbox(send_queue_size, outbox_max_age),
             active=active,
         )
-        self.url = url
+        self.urls = urls
+        self._url_index = 0
         self.remote_worker_name = remote_worker_name
         self.local_worker_name = local_worker_name
         self.headers = headers
@@ -269,9 +277,21 @@ class WebSocketProxyClient(ProxyWorker):
 
     # -- connecting ---------------------------------------------------------------------------
 
+    @property
+    def url(self) -> str:
+        """The server's URL this proxy connects (or last connected) to: of :attr:`urls`, the
+        one in turn."""
+        return self.urls[self._url_index]
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self.urls = (value,)
+        self._url_index = 0
+
     async def _connect_loop(self) -> None:
         policy = self.reconnect_policy
         attempt = 0
+        tried_in_turn = 0  # URLs of the list that failed since the last backoff
         while True:
             try:
                 connection = await self._open()
@@ -284,6 +304,21 @@ class WebSocketProxyClient(ProxyWorker):
                 await self._give_up(exc)
                 return
             except Exception as exc:  # refused, unreachable, timed out, bad status: retry
+                if len(self.urls) > 1:
+                    # The next instance of the list, at once; the whole list failed: back off.
+                    self._url_index = (self._url_index + 1) % len(self.urls)
+                    tried_in_turn += 1
+                    if tried_in_turn < len(self.urls):
+                        logger.warning(
+                            "proxy %s: cannot connect to %s (%s: %s); trying %s",
+                            self.name,
+                            self.urls[self._url_index - 1],
+                            type(exc).__name__,
+                            exc,
+                            self.url,
+                        )
+                        continue
+                    tried_in_turn = 0
                 attempt += 1
                 if not policy.should_retry(attempt):
                     logger.error(
@@ -361,7 +396,9 @@ class WebSocketProxyClient(ProxyWorker):
         if session is not None and session.session is not None:
             headers = {
                 **(headers or {}),
-                RESUME_HEADER: format_resume_header(session.session, session.delivered),
+                RESUME_HEADER: format_resume_header(
+                    session.session, session.delivered, session.peer_acked
+                ),
             }
         offered = self._offered()
         if session is not None and offered:

@@ -96,6 +96,7 @@ __all__ = [
     "parse_job_refusal",
     "format_resume_header",
     "is_resumable",
+    "parse_resume_acknowledged",
     "parse_resume_header",
     "parse_upgrade",
     "parse_window_header",
@@ -188,8 +189,13 @@ def choose_subprotocol(
     return None
 
 
-def format_resume_header(session: str, received: int) -> str:
-    return f"{session} {received}"
+def format_resume_header(session: str, received: int, acknowledged: int | None = None) -> str:
+    """``<session> <received>``, and ``<acknowledged>`` (the highest of the client's own
+    messages the server acknowledged) when known: an instance that takes the session over from
+    another (durable Redis bus) starts from there."""
+    if acknowledged is None:
+        return f"{session} {received}"
+    return f"{session} {received} {acknowledged}"
 
 
 def parse_window_header(value: str | None) -> int | None:
@@ -202,13 +208,31 @@ def parse_window_header(value: str | None) -> int | None:
 
 def parse_resume_header(value: str | None) -> tuple[str, int] | None:
     """``(session, received)`` from the client's resume header, or ``None`` if absent or bad."""
+    parsed = _parse_resume(value)
+    return None if parsed is None else (parsed[0], parsed[1])
+
+
+def parse_resume_acknowledged(value: str | None) -> int | None:
+    """The ``acknowledged`` of the client's resume header, or ``None`` if absent or bad."""
+    parsed = _parse_resume(value)
+    return None if parsed is None else parsed[2]
+
+
+def _parse_resume(value: str | None) -> tuple[str, int, int | None] | None:
     if not value:
         return None
-    session, _, received = value.strip().partition(" ")
-    if not session or len(session) > 128 or not received.isdigit() or len(received) > 20:
+    fields = value.strip().split(" ")
+    if len(fields) not in (2, 3):
         return None
-    number = int(received)
-    return (session, number) if number <= _MAX_SEQ else None
+    session = fields[0]
+    if not session or len(session) > 128:
+        return None
+    numbers = []
+    for field in fields[1:]:
+        if not field.isdigit() or len(field) > 20 or int(field) > _MAX_SEQ:
+            return None
+        numbers.append(int(field))
+    return session, numbers[0], numbers[1] if len(numbers) == 2 else None
 
 
 _UPGRADE = b"\x00\xffbusproxy-upgrade "

@@ -44,6 +44,7 @@ from ..messages import (
     BusWorkerRegistryMessage,
     JobStatus,
     mark_origin,
+    set_link_seq,
     set_trace_context,
     wire_name_of,
 )
@@ -529,6 +530,7 @@ class LinkProtocol:
         if not self._receive_ack(ack):
             return []
         self._owed_bytes += size
+        session_id = session.session
         expect = self._expect
         accepted: list[BusMessage] = []
         seqs: list[int] = []
@@ -546,6 +548,8 @@ class LinkProtocol:
                 if message is not None:
                     if contexts and contexts[index]:
                         set_trace_context(message, contexts[index])
+                    if session_id is not None:
+                        set_link_seq(message, session_id, seq)
                     accepted.append(message)
                     seqs.append(seq)
                     sizes.append(len(payload))

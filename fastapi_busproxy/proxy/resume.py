@@ -13,6 +13,8 @@ proxy that the plugin keeps through a disconnection) and outlives each connectio
   it tells the peer when a connection opens, so that the peer replays the rest.
 - **resuming** (:meth:`resume`) drops what the peer says it has delivered and hands back the
   rest for replay; a count that does not fit what was sent means the session cannot resume.
+- **taking over** (:meth:`take_over`) a session another instance served until it died: the
+  numbers go on from what the peer says it received and was acknowledged.
 - **losing** the session (:meth:`lose`) counts what the peer never acknowledged and starts the
   numbering over.
 """
@@ -121,6 +123,16 @@ class SessionState:
             )
         self.acknowledge(peer_delivered)
         return list(self._replay or ())
+
+    def take_over(self, session: str, peer_delivered: int, delivered: int) -> None:
+        """Become, fresh, the session another side served until it died: ours is numbered on
+        after ``peer_delivered`` (what the peer received of the other side's), and the peer's
+        is taken from after ``delivered`` (what the other side acknowledged)."""
+        self.lose()
+        self.session = session
+        self.next_seq = peer_delivered + 1
+        self.peer_acked = peer_delivered
+        self.delivered = delivered
 
     def lose(self) -> int:
         """The session is gone: forget it and start over; returns how many messages sent were

@@ -171,6 +171,7 @@ class WebSocketProxyServer(ProxyWorker):
             SessionState(replay_buffer_size) if resume_grace is not None and batching else None
         )
         self._ending = False  # stopping, or the session given up: no more detaching
+        self._taken_over: tuple[str, int, int] | None = None  # see take_over()
         self._grace_timer: asyncio.TimerHandle | None = None
         # A link made and not yet run: the endpoint's task runs it (wait_connection()), or
         # else a task of the proxy's (see start()).
@@ -181,6 +182,24 @@ class WebSocketProxyServer(ProxyWorker):
         self._connection_ended = Flag()
 
     # -- sessions -----------------------------------------------------------------------------
+
+    @property
+    def resumable(self) -> bool:
+        """Whether sessions outlive their connection here (``resume_grace`` and batching)."""
+        return self._resume is not None
+
+    def take_over(self, session_id: str, peer_delivered: int, peer_acknowledged: int) -> None:
+        """Serve, from the start, a session that another instance served until it died (the
+        plugin calls this on a durable Redis bus, for a session Redis still knows).
+
+        The client resumes it: our numbering goes on after ``peer_delivered`` (what it
+        received), and it sends again what followed ``peer_acknowledged`` (what the other
+        instance acknowledged, so had handed to the bus). What the other instance had sent
+        and the client had not received is lost with it. Call before the proxy starts.
+        """
+        if self._resume is None:
+            raise ConfigurationError("take_over() needs a resumable proxy (resume_grace)")
+        self._taken_over = (session_id, peer_delivered, peer_acknowledged)
 
     @property
     def session_id(self) -> str | None:
@@ -446,10 +465,18 @@ class WebSocketProxyServer(ProxyWorker):
         in_band = self.subprotocol is not None and not _not_accepted(websocket)
         if _not_accepted(websocket):
             await websocket.accept(subprotocol=self.subprotocol)
+        taken = self._taken_over
         if is_resumable(self.subprotocol):
             assert self._resume is not None
-            self._resume.session = secrets.token_urlsafe(16)
-        link = self._connect(websocket, in_band=in_band)
+            if taken is None:
+                self._resume.session = secrets.token_urlsafe(16)
+            else:
+                self._resume.take_over(*taken)
+        if taken is not None and is_resumable(self.subprotocol):
+            link = self._connect(websocket, in_band=in_band, resumed=True, peer_delivered=taken[1])
+            self.stats.resumes += 1
+        else:
+            link = self._connect(websocket, in_band=in_band)
         await self.watch_workers(self.worker_name)
         client = websocket.scope.get("client")
         logger.info(

@@ -62,6 +62,7 @@ from ..serializers import JSONMessageSerializer, MessageSerializer
 from .errors import redis_errors
 from .keys import PROCESS_LOCAL_TYPES, KeyScheme, decode_envelope, encode_envelope
 from .replica import REMOTE, RegistryReplica
+from .sessions import SessionDirectory
 from .streams import DataLoss, StreamDelivery
 
 if TYPE_CHECKING:
@@ -166,7 +167,10 @@ class RedisBus(WorkerBus):
             self.keys, self.process_id, self.serializer, heartbeat_ttl, self._refuse
         )
         self._streams: StreamDelivery | None = None
+        self.sessions: SessionDirectory | None = None
+        """Durable mode: the resumable sessions of the instances (see :mod:`.sessions`)."""
         if delivery == "durable":
+            self.sessions = SessionDirectory(self.keys, self.process_id, heartbeat_ttl)
             self._streams = StreamDelivery(
                 self.keys,
                 self.process_id,
@@ -252,6 +256,8 @@ class RedisBus(WorkerBus):
         if self._streams is not None:
             self._streams.redis = self._redis
             self._streams.active = True
+        if self.sessions is not None:
+            self.sessions.redis = self._redis
         await self._connect_listener()
         self._tasks.spawn(self._listen(), name="listen")
         self._tasks.spawn(self._heartbeat_loop(), name="heartbeat")
@@ -564,5 +570,7 @@ class RedisBus(WorkerBus):
             try:
                 await self._replica.write_heartbeat()
                 await self._replica.check_processes()
+                if self.sessions is not None:
+                    await self.sessions.refresh()
             except redis_errors() as exc:
                 logger.warning("redis bus %s: heartbeat failed: %s", self.process_id, exc)

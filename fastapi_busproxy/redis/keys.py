@@ -14,6 +14,7 @@ Every name starts with the bus's prefix (``busproxy`` unless set), so apps can s
 ``<prefix>:q:<target>``            durable mode: stream of the messages for one worker
 ``<prefix>:d:<target>``            durable mode: hash, sender process -> last sequence delivered
 ``<prefix>:epoch``                 durable mode: a random id; gone or changed = Redis lost data
+``<prefix>:sess:<session>``        durable mode: a resumable session some instance serves
 =================================  ================================================================
 
 **Envelope.** A message travels as ``header + b"\\n" + payload``: the payload is the bus's
@@ -109,6 +110,9 @@ class KeyScheme:
 
     def target_of_stream(self, key: str) -> str:
         return key[len(self.prefix) + 3 :]
+
+    def session(self, session: str) -> str:
+        return f"{self.prefix}:sess:{session}"
 
     def delivered(self, target: str) -> str:
         return f"{self.prefix}:d:{target}"

@@ -18,7 +18,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-__all__ = ["GENERATION", "DeliveryLedger", "SendCounters", "Verdict"]
+__all__ = ["GENERATION", "SESSION_SENDER", "DeliveryLedger", "SendCounters", "Verdict"]
+
+SESSION_SENDER = "s:"
+"""A sender named ``s:<session>`` is a resumable link's session, numbered by the link: its numbers
+run over every message of the session (some refused, some to other targets), so a skipped one
+is no loss; only repeats count."""
 
 GENERATION = 1 << 32
 """A sequence number is ``generation * GENERATION + n``, ``n`` counting from 1."""
@@ -54,6 +59,8 @@ class DeliveryLedger:
         last = self._last.get(sender, 0)
         if seq <= last:
             return _REPEAT
+        if sender.startswith(SESSION_SENDER):
+            return _DELIVER
         if seq // GENERATION > last // GENERATION:  # a new generation (or a new sender)
             return Verdict(False, seq % GENERATION - 1)
         return _DELIVER if seq == last + 1 else Verdict(False, seq - last - 1)

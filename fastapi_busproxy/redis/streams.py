@@ -40,7 +40,7 @@ from ..messages import BusMessage, mark_origin, set_trace_context
 from ..proxy.reconnect import ReconnectPolicy
 from .errors import redis_errors
 from .keys import GROUP, KeyScheme, decode_envelope, encode_envelope
-from .ledger import DeliveryLedger, SendCounters
+from .ledger import SESSION_SENDER, DeliveryLedger, SendCounters
 
 if TYPE_CHECKING:
     from ..serializers import MessageSerializer
@@ -123,9 +123,13 @@ class StreamDelivery:
         """
         target = message.target
         assert target is not None
-        seq = self._counters.next(target)
+        link_seq = message.link_seq
+        if link_seq is None:
+            sender, seq = self.process_id, self._counters.next(target)
+        else:  # from a resumable link: its identity in its session, whichever instance sends
+            sender, seq = SESSION_SENDER + link_seq[0], link_seq[1]
         data = encode_envelope(
-            self.process_id, seq, origin, self.serializer.serialize(message), message.trace_context
+            sender, seq, origin, self.serializer.serialize(message), message.trace_context
         )
         stream = self.keys.stream(target)
         age_ms = int(self.stream_max_age * 1000)

@@ -1,0 +1,121 @@
+"""A client fails over to another instance, on a durable Redis bus, and loses nothing.
+
+Two instances of one app (separate uvicorn processes) behind a loopback balancer that sends
+each new connection to the first instance that takes it; the worker ``sink`` in a third process
+(``tests.durable_node``); one real redis-server. A client streams numbered messages to ``sink``
+through the balancer; the instance serving it is SIGKILLed mid-stream; the client reconnects
+through the balancer, reaches the other instance, resumes its session there, and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from bench.relay import running_relay
+from fastapi_busproxy import BaseWorker, WebSocketProxyClient, WorkerRunner
+from fastapi_busproxy.proxy import ReconnectPolicy
+from tests.redis_messages import Ping
+from tests.redis_support import ROOT, free_port, redis_server
+from tests.test_redis_durable import durable_node
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.uvicorn]
+
+COUNT = 400  # about 4 s at 100 a second
+
+
+@asynccontextmanager
+async def instance(port: int, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "tests.failover_app:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ws",
+        "websockets-sansio",
+        "--log-level",
+        "info",
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while b"Application startup complete" not in (line := await process.stdout.readline()):
+            if not line:
+                raise RuntimeError("the instance exited before it started")
+    drain = asyncio.get_running_loop().create_task(process.stdout.read())
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        await drain
+
+
+class Streamer(BaseWorker):
+    async def stream(self, count: int) -> None:
+        for n in range(1, count + 1):
+            await self.send_bus_message(Ping(source=self.name, target="sink", n=n))
+            await asyncio.sleep(0.01)  # the load: about 100 messages a second
+
+
+async def test_a_client_resumes_on_another_instance_when_its_instance_dies() -> None:
+    async with redis_server() as redis:
+        env = {"BUSPROXY_BUS_URL": redis.url, "BUSPROXY_BUS_DELIVERY": "durable"}
+        first_port, second_port = free_port(), free_port()
+        async with (
+            durable_node(redis.url, "busproxy", "sink") as sink,
+            instance(first_port, env) as first,
+            instance(second_port, env),
+            running_relay(first_port, second_port) as balancer,
+        ):
+            runner = WorkerRunner(name="client")
+            streamer = Streamer("streamer")
+            proxy = WebSocketProxyClient(
+                "link",
+                url=balancer.url("/ws"),
+                remote_worker_name="sink",
+                local_worker_name="streamer",
+                active=True,
+                reconnect=ReconnectPolicy(initial_delay=0.05, max_delay=0.5),
+            )
+            outcomes: list[str] = []
+
+            @proxy.event_handler("on_resumed")
+            async def resumed(worker: WebSocketProxyClient) -> None:
+                outcomes.append("resumed")
+
+            @proxy.event_handler("on_session_lost")
+            async def lost(worker: WebSocketProxyClient, count: int) -> None:
+                outcomes.append(f"lost {count}")
+
+            async with runner:
+                await runner.add_workers(streamer, proxy)
+                await runner.registry.wait_ready("sink", timeout=20)
+                sending = asyncio.create_task(streamer.stream(COUNT))
+                await sink.wait_for(lambda: len(sink.numbers("GOT")) >= 100)
+                first.kill()  # SIGKILL: the instance serving the client dies
+                await balancer.wait_connection(2, timeout=30)  # the client came back
+                await sending
+                await sink.wait_for(lambda: set(sink.numbers("GOT")) >= set(range(1, COUNT + 1)))
+                await asyncio.wait_for(proxy.wait_acknowledged(), 30)
+        got = sink.numbers("GOT", "streamer")
+        counts = Counter(got)
+        assert set(range(1, COUNT + 1)) - set(counts) == set()  # nothing lost
+        assert {n: c for n, c in counts.items() if c > 1} == {}  # nothing twice
+        assert got == sorted(got)  # in order
+        assert outcomes == ["resumed"]
