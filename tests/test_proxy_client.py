@@ -17,6 +17,7 @@ from fastapi_busproxy import (
     BaseWorker,
     BusDataMessage,
     CloseCode,
+    ConfigurationError,
     HandshakeRejectedError,
     WebSocketProxyClient,
     WebSocketProxyServer,
@@ -315,3 +316,29 @@ async def test_an_outage_is_logged_once_with_its_cause_and_again_when_it_ends(
     assert len(refused) == 1, "\n".join(warnings)
     assert "ConnectionRefusedError" in refused[0]
     assert len([w for w in warnings if "connected to" in w and "again after" in w]) == 1
+
+
+async def test_a_list_of_urls_is_tried_in_turn_without_waiting_for_the_backoff() -> None:
+    with socket.socket() as sock:  # an instance that is down
+        sock.bind(("127.0.0.1", 0))
+        down = f"ws://127.0.0.1:{sock.getsockname()[1]}/ws"
+    app, _, proxies, _ = gateway_app()
+    async with running_uvicorn(app) as server:
+        runner = WorkerRunner()
+        # A backoff far longer than the test: only trying the next URL at once connects.
+        slow = ReconnectPolicy(initial_delay=60, max_delay=60)
+        proxy = client([down, server.url("/ws")], active=True, reconnect=slow)
+        events = Events(proxy, "on_connected", "on_reconnecting")
+        async with runner:
+            await runner.add_workers(BaseWorker("voice"), proxy)
+            await asyncio.wait_for(events.wait("on_connected"), 10)
+            assert proxy.url == server.url("/ws")
+            assert events.seen["on_reconnecting"] == []
+        assert len(proxies) == 1
+
+
+def test_urls_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="ws:// or wss://"):
+        client([])
+    with pytest.raises(ConfigurationError, match="'http://x'"):
+        client(["ws://a/ws", "http://x"])

@@ -186,3 +186,19 @@ async def test_redis_restarted_without_its_data_reports_the_loss_with_a_count() 
         assert a.numbers("SENT") == list(range(1, count + 1))
         assert reported >= 1
         assert received == list(range(reported + 1, count + 1))
+
+
+async def test_a_send_redis_cannot_take_is_refused_to_the_sender() -> None:
+    from fastapi_busproxy import BusUnavailableError, WorkerRunner
+    from fastapi_busproxy.redis import RedisBus
+    from tests.redis_messages import Ping
+
+    async with redis_server() as redis:
+        bus = RedisBus(redis.url, prefix=prefix(), delivery="durable", publish_timeout=0.3)
+        async with WorkerRunner(name="lonely", bus=bus):
+            await bus.send(Ping(source="a", target="elsewhere", n=1))  # kept for later
+            await redis.stop()  # Redis is gone: the next send waits 0.3 s, then says so
+            with pytest.raises(BusUnavailableError, match="did not take Ping"):
+                await bus.send(Ping(source="a", target="elsewhere", n=2))
+            assert bus.stats.publish_failures == 1
+            assert bus.stats.published == 1
