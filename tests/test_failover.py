@@ -10,11 +10,9 @@ through the balancer, reaches the other instance, resumes its session there, and
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -22,7 +20,8 @@ from bench.relay import running_relay
 from fastapi_busproxy import BaseWorker, WebSocketProxyClient, WorkerRunner
 from fastapi_busproxy.proxy import ReconnectPolicy
 from tests.redis_messages import Ping
-from tests.redis_support import ROOT, free_port, redis_server
+from tests.redis_support import free_port, redis_server
+from tests.test_example_app_redis import process
 from tests.test_redis_durable import durable_node
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.uvicorn]
@@ -30,40 +29,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.uvicorn]
 COUNT = 400  # about 4 s at 100 a second
 
 
-@asynccontextmanager
-async def instance(port: int, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "tests.failover_app:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ws",
-        "websockets-sansio",
-        "--log-level",
-        "info",
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(30):
-        while b"Application startup complete" not in (line := await process.stdout.readline()):
-            if not line:
-                raise RuntimeError("the instance exited before it started")
-    drain = asyncio.get_running_loop().create_task(process.stdout.read())
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        await drain
+def instance(port: int, env: dict[str, str]) -> Any:
+    """One instance of the app: a uvicorn process on ``port``."""
+    args = ["-m", "uvicorn", "--factory", "tests.failover_app:create_app", "--port", str(port)]
+    args += ["--host", "127.0.0.1", "--ws", "websockets-sansio", "--log-level", "info"]
+    return process(sys.executable, *args, env=env, ready=b"Application startup complete")
 
 
 class Streamer(BaseWorker):
