@@ -110,6 +110,7 @@ class _Session:
     # A durable Redis bus's session directory, and the session recorded there.
     directory: SessionDirectory | None = None
     recorded: str | None = None
+    runner: WorkerRunner | None = None
 
 
 @dataclass(frozen=True)
@@ -284,16 +285,31 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
         if existing.proxy is not None:
             await existing.proxy.close(CloseCode.SESSION_REPLACED, "replaced by a new connection")
         await existing.done.wait()
-    entry = _Session()
-    state.sessions[remote] = entry
-    kept = False
     directory = getattr(runner.bus, "sessions", None)  # a durable Redis bus's
     taken = None
     if resume is not None and directory is not None:
         # A session this instance does not have: another instance served it until it died?
         acknowledged = parse_resume_acknowledged(websocket.headers.get(RESUME_HEADER))
-        if acknowledged is not None and await directory.remote_worker_of(resume[0]) == remote:
+        record = await directory.lookup(resume[0])
+        if acknowledged is not None and record is not None and record.remote_worker == remote:
+            if await directory.is_alive(record.owner):
+                # Held by a live instance (the client lost only its connection): it resumes
+                # there, or the session ends there; until then, come back later.
+                logger.info(
+                    "route %s: the session of %s is held by instance %s; try again later",
+                    route.name,
+                    remote,
+                    record.owner,
+                )
+                await websocket.accept()
+                await websocket.close(
+                    CloseCode.TRY_AGAIN_LATER, f"the session of {remote} is held elsewhere"
+                )
+                return
             taken = (resume[0], resume[1], acknowledged)
+    entry = _Session()
+    state.sessions[remote] = entry
+    kept = False
     # The connection's proxy and session workers end together, and only together: a peer's
     # (or a session worker's) end() ends this session, never the app's runner.
     group = runner.new_session(f"{route.name}:{remote}#{next(_session_ids)}")
@@ -321,8 +337,10 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
             proxy.take_over(*taken)
         await runner.add_workers(proxy, session=group)
         if directory is not None and proxy.session_id is not None:
-            entry.directory, entry.recorded = directory, proxy.session_id
-            await directory.remember(proxy.session_id, remote, proxy.resume_grace or 0)
+            entry.directory, entry.recorded, entry.runner = directory, proxy.session_id, runner
+            await directory.remember(
+                proxy.session_id, remote, session.worker_name, proxy.resume_grace or 0
+            )
         await proxy.wait_connection()
         if proxy.session_open:
             # The session outlives this connection (it waits for its client to resume): the
@@ -355,7 +373,9 @@ async def _release(state: Any, remote: str, entry: _Session, group: WorkerSessio
         # Each worker stops in a task it owns, which goes on if we are cancelled here.
         await asyncio.shield(group.cancel("session ended"))
         if entry.directory is not None and entry.recorded is not None:
-            await entry.directory.forget(entry.recorded)
+            # Ended by the app's shutdown, the session may go on at another instance.
+            running = entry.runner is not None and entry.runner.state is RunnerState.RUNNING
+            await entry.directory.forget(entry.recorded, ended=running)
     finally:
         if state.sessions.get(remote) is entry:
             del state.sessions[remote]

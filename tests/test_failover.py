@@ -89,3 +89,51 @@ async def test_a_client_resumes_on_another_instance_when_its_instance_dies() -> 
         assert {n: c for n, c in counts.items() if c > 1} == {}  # nothing twice
         assert got == sorted(got)  # in order
         assert outcomes == ["resumed"]
+
+
+async def test_a_session_a_live_instance_holds_is_not_taken_over() -> None:
+    """The client lost only its connection and came back through another instance: that one
+    refuses for now (1013, try again later) rather than take a session a live instance holds."""
+    import websockets
+    from fastapi import FastAPI
+
+    from fastapi_busproxy import BusProxySettings, configure_bus, include_bus_proxy
+    from fastapi_busproxy.redis import RedisBus
+    from fastapi_busproxy.testing import running_app
+
+    def app(url: str) -> FastAPI:
+        made = FastAPI()
+        configure_bus(made, settings=BusProxySettings(bus_url=url, bus_delivery="durable"))
+        include_bus_proxy(made, "/ws", "sink", remote_worker_name="streamer")
+        return made
+
+    async with redis_server() as redis:
+        host = WorkerRunner(name="host", bus=RedisBus(redis.url, delivery="durable"))
+        async with (
+            host,
+            running_app(app(redis.url)) as first,
+            running_app(app(redis.url)) as second,
+        ):
+            await host.add_workers(BaseWorker("sink"))
+            client = WorkerRunner(name="client")
+            proxy = WebSocketProxyClient(
+                "link",
+                url=f"{first}/ws",
+                remote_worker_name="sink",
+                local_worker_name="streamer",
+                active=True,
+            )
+            async with client:
+                await client.add_workers(BaseWorker("streamer"), proxy)
+                await client.registry.wait_ready("sink", timeout=20)
+                assert proxy.session_id is not None
+                async with websockets.connect(
+                    f"{second}/ws",
+                    subprotocols=["busproxy.v2.json"],  # type: ignore[list-item]
+                    additional_headers={"x-busproxy-resume": f"{proxy.session_id} 0 0"},
+                ) as other:
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        await asyncio.wait_for(other.recv(), 10)
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.code == 1013
+                assert "held elsewhere" in closed.value.rcvd.reason

@@ -202,3 +202,151 @@ async def test_a_send_redis_cannot_take_is_refused_to_the_sender() -> None:
                 await bus.send(Ping(source="a", target="elsewhere", n=2))
             assert bus.stats.publish_failures == 1
             assert bus.stats.published == 1
+
+
+async def test_many_senders_in_one_process_lose_nothing() -> None:
+    """Tasks of one process sending to one worker at once: each message keeps its number's
+    place in the stream, so none is taken for a gap or a repeat."""
+    from fastapi_busproxy import BaseWorker, BusMessage, WorkerRunner
+    from fastapi_busproxy.redis import RedisBus
+    from tests.redis_messages import Ping
+
+    class Sink(BaseWorker):
+        def __init__(self) -> None:
+            super().__init__("sink")
+            self.got: list[tuple[str, int]] = []
+            self.arrived = asyncio.Event()
+
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if isinstance(message, Ping):
+                self.got.append((message.source, message.n))
+                self.arrived.set()
+            else:
+                await super().on_bus_message(message)
+
+    async with redis_server() as redis:
+        ns = prefix()
+        senders = RedisBus(redis.url, prefix=ns, delivery="durable")
+        receivers = RedisBus(redis.url, prefix=ns, delivery="durable")
+        sink = Sink()
+        async with WorkerRunner(name="a", bus=senders), WorkerRunner(name="b", bus=receivers) as b:
+            await b.add_workers(sink)
+
+            async def send(source: str) -> None:
+                for n in range(5):
+                    await senders.send(Ping(source=source, target="sink", n=n))
+
+            await asyncio.gather(*(send(f"task-{i}") for i in range(100)))
+            async with asyncio.timeout(30):
+                while len(sink.got) < 500:
+                    sink.arrived.clear()
+                    await sink.arrived.wait()
+            sent = [(f"task-{i}", n) for i in range(100) for n in range(5)]
+            assert sorted(sink.got) == sorted(sent)
+            assert receivers.stats.lost == 0
+            assert receivers.stats.duplicates == 0
+
+
+async def test_what_a_worker_that_leaves_has_not_taken_waits_for_the_next() -> None:
+    """A worker stops with a backlog in its stream: what its queue had not taken stays in the
+    stream, unacknowledged, for the next worker of that name, in order."""
+    from fastapi_busproxy import BaseWorker, BusMessage, WorkerRunner
+    from fastapi_busproxy.redis import RedisBus
+    from tests.redis_messages import Ping
+
+    class Stalls(BaseWorker):
+        """Takes 20 messages, then stalls on the 21st."""
+
+        def __init__(self) -> None:
+            super().__init__("b")
+            self.got: list[int] = []
+            self.stalled = asyncio.Event()
+
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if not isinstance(message, Ping):
+                await super().on_bus_message(message)
+            elif len(self.got) == 20:
+                self.stalled.set()
+                await asyncio.Event().wait()
+            else:
+                self.got.append(message.n)
+
+    async with redis_server() as redis:
+        ns = prefix()
+        sender = RedisBus(redis.url, prefix=ns, delivery="durable")
+        async with WorkerRunner(name="a", bus=sender):
+            for n in range(1, 301):
+                await sender.send(Ping(source="a", target="b", n=n))
+            first = Stalls()
+            small = RedisBus(redis.url, prefix=ns, delivery="durable", capacity=2)
+            runner = WorkerRunner(name="b1", bus=small)
+            async with runner:
+                await runner.add_workers(first)
+                await asyncio.wait_for(first.stalled.wait(), 30)
+                await runner.cancel("gone")
+            async with durable_node(redis.url, ns, "b") as second:
+                await second.wait_for(lambda: second.numbers("GOT", "a")[-1:] == [300])
+                rest = second.numbers("GOT", "a")
+        # The stalled one and its queue (2) were handed over and went with the worker.
+        assert first.got == list(range(1, 21))
+        assert rest == list(range(rest[0], 301))
+        assert 21 < rest[0] <= 21 + 1 + 2
+
+
+async def test_a_process_restarted_under_the_same_id_is_a_new_sender() -> None:
+    """Numbers start over with each start of a process, even under a fixed process id: its
+    messages after a restart are not taken for repeats of the ones before."""
+    from fastapi_busproxy import WorkerRunner
+    from fastapi_busproxy.redis import RedisBus
+    from tests.redis_messages import Ping
+
+    async with redis_server() as redis:
+        ns = prefix()
+        for start in (0, 1):
+            bus = RedisBus(redis.url, prefix=ns, delivery="durable", process_id="fixed")
+            async with WorkerRunner(name=f"a{start}", bus=bus):
+                for n in range(3):
+                    await bus.send(Ping(source="a", target="b", n=10 * start + n))
+        async with durable_node(redis.url, ns, "b") as b:
+            await b.wait_for(lambda: len(b.numbers("GOT")) >= 6)
+            assert b.numbers("GOT", "a") == [0, 1, 2, 10, 11, 12]
+
+
+async def test_a_process_that_also_watches_everything_reads_its_workers_backlog() -> None:
+    from fastapi_busproxy import BaseWorker, BusMessage, WorkerRunner
+    from fastapi_busproxy.interest import Interest
+    from fastapi_busproxy.redis import RedisBus
+    from tests.redis_messages import Ping
+
+    class Sink(BaseWorker):
+        def __init__(self) -> None:
+            super().__init__("b")
+            self.got: list[int] = []
+            self.arrived = asyncio.Event()
+
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if isinstance(message, Ping):
+                self.got.append(message.n)
+                self.arrived.set()
+            else:
+                await super().on_bus_message(message)
+
+    async def watch(message: BusMessage) -> None:
+        pass
+
+    async with redis_server() as redis:
+        ns = prefix()
+        sender = RedisBus(redis.url, prefix=ns, delivery="durable")
+        async with WorkerRunner(name="a", bus=sender):
+            for n in range(20):
+                await sender.send(Ping(source="a", target="b", n=n))
+            bus = RedisBus(redis.url, prefix=ns, delivery="durable")
+            async with WorkerRunner(name="b", bus=bus) as runner:
+                await bus.subscribe("monitor", watch, Interest(everything=True))
+                sink = Sink()
+                await runner.add_workers(sink)
+                async with asyncio.timeout(20):
+                    while len(sink.got) < 20:
+                        sink.arrived.clear()
+                        await sink.arrived.wait()
+                assert sink.got == list(range(20))

@@ -348,6 +348,7 @@ class WebSocketProxyClient(ProxyWorker):
                 await self._call_event_handler("on_reconnecting", attempt, delay)
                 await asyncio.sleep(delay)
                 continue
+            tried_in_turn = 0  # connected: the next outage tries the whole list at once again
             if self._outage_failures:
                 logger.warning(
                     "proxy %s: connected to %s again after %d failed attempts",

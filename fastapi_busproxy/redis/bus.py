@@ -272,7 +272,7 @@ class RedisBus(WorkerBus):
         self._running = False
         self._replica.active = False
         if self._streams is not None:
-            self._streams.active = False
+            self._streams.stop()
         await self._tasks.cancel_all()
         if self._redis is not None:
             with contextlib.suppress(Exception):
@@ -304,16 +304,34 @@ class RedisBus(WorkerBus):
         overflow: Overflow | None = None,
         timeout: float | None = None,
     ) -> None:
+        streams = self._streams
+        target = message.target
+        if (
+            streams is not None
+            and target is not None
+            and message.link_seq is not None
+            and not is_local_only(message)
+        ):
+            # From a resumable link: through the stream even to a worker of this process,
+            # whose reader drops what a client resuming here sends again after another
+            # instance passed it on, and keeps it behind what that instance sent before.
+            await streams.add(message, message.origin)
+            await self._publish_extra(message)
+            return
         await self._deliver_local(message, overflow, timeout)
         if is_local_only(message) or isinstance(message, PROCESS_LOCAL_TYPES):
             return
-        streams = self._streams
-        if streams is None or message.target is None:
+        if streams is None or target is None:
             await self._publish(message)
             return
-        if not self._index.wants_target(message.target):
+        if not self._index.wants_target(target):
             await streams.add(message, message.origin)
-        if self._extra_channels:  # observers elsewhere: at most once, as in pub/sub mode
+        await self._publish_extra(message)
+
+    async def _publish_extra(self, message: BusMessage) -> None:
+        """Durable mode: a copy for observers of its source or type elsewhere (at most once,
+        as in pub/sub mode)."""
+        if self._extra_channels:
             channels = self.keys.channels_for(message, self._extra_channels, durable=True)
             if channels:
                 await self._publish(message, channels)
@@ -363,9 +381,16 @@ class RedisBus(WorkerBus):
                     ) from exc
                 await asyncio.sleep(min(remaining, 0.05 * 2 ** min(tries, 6)))
 
-    async def _deliver_durable(self, message: BusMessage) -> None:
-        # Wait for room however long it takes: the message stays in Redis meanwhile.
+    async def _deliver_durable(self, message: BusMessage) -> bool:
+        """Hand a message from a stream to the local subscribers of its target, waiting for
+        room however long it takes (it stays in Redis meanwhile); ``False`` if none is left
+        to take it."""
+        target = message.target
+        assert target is not None
+        if not self._index.wants_target(target):
+            return False
         await self._deliver_local(message, Overflow.WAIT, None)
+        return self._index.wants_target(target)  # else its subscriber left while it waited
 
     # -- interests ----------------------------------------------------------------------------
 
@@ -409,15 +434,8 @@ class RedisBus(WorkerBus):
             self._healthy.clear()
             return
         self._subscribed = (self._subscribed | new) - gone
-        streams = self._streams
-        if streams is not None:  # subscribed first: no notice falls between
-            prefix = self.keys.target("")
-            for channel in new:
-                if channel.startswith(prefix) and not channel.endswith("*"):
-                    streams.wake(channel[len(prefix) :])
-            for channel in gone:
-                if channel.startswith(prefix):
-                    streams.forget(channel[len(prefix) :])
+        if self._streams is not None:  # subscribed first: no notice falls between
+            self._streams.set_targets(self._index.targets())
 
     # -- listening ----------------------------------------------------------------------------
 
@@ -502,12 +520,11 @@ class RedisBus(WorkerBus):
         if channel == self.keys.control.encode():
             self._on_control(data)
             return
-        if not data:  # durable mode: a notice that the target's stream has news
-            if self._streams is not None:
-                prefix = self.keys.target("")
-                name = channel.decode(errors="replace")
-                if name.startswith(prefix):
-                    self._streams.wake(name[len(prefix) :])
+        if not data and self._streams is not None:  # a notice: the target's stream has news
+            prefix = self.keys.target("")
+            name = channel.decode(errors="replace")
+            if name.startswith(prefix):
+                self._streams.wake(name[len(prefix) :])
             return
         try:
             envelope = decode_envelope(data)

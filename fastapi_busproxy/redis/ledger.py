@@ -42,7 +42,7 @@ class DeliveryLedger:
     """The last number delivered per sender, for one target; at most ``max_senders`` of them
     (the least recently heard is forgotten first)."""
 
-    def __init__(self, max_senders: int = 4096) -> None:
+    def __init__(self, max_senders: int = 16_384) -> None:
         self.max_senders = max_senders
         self._last: OrderedDict[str, int] = OrderedDict()
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,10 @@ class DataLoss:
     count: int = 0
 
 
+class _Unwanted(Exception):
+    """Nobody in this process wants the stream's target any more."""
+
+
 @dataclass
 class _Reader:
     target: str
@@ -82,7 +87,7 @@ class StreamDelivery:
         process_id: str,
         serializer: MessageSerializer,
         *,
-        deliver: Callable[[BusMessage], Awaitable[None]],
+        deliver: Callable[[BusMessage], Awaitable[bool]],
         retrying: Callable[[Callable[[], Awaitable[None]], BusMessage], Awaitable[None]],
         wanted: Callable[[str], bool],
         spawn: Callable[[Any, str], asyncio.Task[None]],
@@ -111,6 +116,12 @@ class StreamDelivery:
         self._stats = stats
         self._on_loss = on_loss
         self._counters = SendCounters()
+        # Numbers are per process start: a process id given again after a restart (numbered
+        # from 1 again) is a new sender, not a run of repeats.
+        self.sender = f"{process_id}.{uuid.uuid4().hex[:8]}"
+        # One add at a time per target, from taking its number to Redis having it: the
+        # stream holds each sender's numbers in order. Bounded: a lock lives while used.
+        self._adding: dict[str, list[Any]] = {}
         self._readers: dict[str, _Reader] = {}
 
     # -- sending --------------------------------------------------------------------------------
@@ -123,14 +134,30 @@ class StreamDelivery:
         """
         target = message.target
         assert target is not None
+        payload = self.serializer.serialize(message)
+        gate = self._adding.get(target)
+        if gate is None:
+            gate = self._adding[target] = [asyncio.Lock(), 0]
+        gate[1] += 1
+        try:
+            async with gate[0]:
+                await self._add(message, target, payload, origin)
+        finally:
+            gate[1] -= 1
+            if not gate[1]:
+                del self._adding[target]
+
+    async def _add(
+        self, message: BusMessage, target: str, payload: bytes, origin: str | None
+    ) -> None:
         link_seq = message.link_seq
         if link_seq is None:
-            sender, seq = self.process_id, self._counters.next(target)
+            # A send that fails keeps its number: it may have reached Redis before the
+            # connection broke, and a number used twice would drop the second message.
+            sender, seq = self.sender, self._counters.next(target)
         else:  # from a resumable link: its identity in its session, whichever instance sends
             sender, seq = SESSION_SENDER + link_seq[0], link_seq[1]
-        data = encode_envelope(
-            sender, seq, origin, self.serializer.serialize(message), message.trace_context
-        )
+        data = encode_envelope(sender, seq, origin, payload, message.trace_context)
         stream = self.keys.stream(target)
         age_ms = int(self.stream_max_age * 1000)
 
@@ -145,6 +172,16 @@ class StreamDelivery:
         await self._retrying(attempt, message)
 
     # -- reading --------------------------------------------------------------------------------
+
+    def set_targets(self, targets: set[str]) -> None:
+        """The targets this process's subscribers want by name now: read the streams of the
+        new ones; the readers of the others end."""
+        for target in targets - self._readers.keys():
+            self.wake(target)
+        for target in self._readers.keys() - targets:
+            reader = self._readers[target]
+            if reader.task is None:
+                del self._readers[target]
 
     def wake(self, target: str) -> None:
         """Read ``target``'s stream now (a notice came, or a subscriber started wanting it)."""
@@ -163,11 +200,11 @@ class StreamDelivery:
             reader.prepared = False  # Redis may have restarted: its groups may be new
             self.wake(reader.target)
 
-    def forget(self, target: str) -> None:
-        """Nobody here wants ``target`` any more (its reader ends after its batch)."""
-        reader = self._readers.get(target)
-        if reader is not None and reader.task is None:
-            del self._readers[target]
+    def stop(self) -> None:
+        """The bus stopped (its tasks are cancelled): a start begins afresh."""
+        self.active = False
+        self._readers.clear()
+        self._adding.clear()
 
     async def _run(self, reader: _Reader) -> None:
         try:
@@ -181,12 +218,11 @@ class StreamDelivery:
                         await self._drain(reader, "0")
                     await self._drain(reader, ">")
                     reader.attempt = 0
-                except BusClosedError:
+                except (BusClosedError, _Unwanted):
                     return
-                except Exception as exc:
-                    if not isinstance(exc, redis_errors()) and "NOGROUP" not in str(exc):
-                        raise
-                    # Redis is away, or came back without the group: set up again, then read.
+                except redis_errors() as exc:
+                    # Redis is away, refused (out of memory...), or came back without the
+                    # group: set up again, then read.
                     reader.prepared = False
                     reader.again = True
                     reader.attempt += 1
@@ -200,18 +236,21 @@ class StreamDelivery:
                     )
                     await asyncio.sleep(delay)
         finally:
-            reader.task = None
-            if not self._wanted(reader.target):
-                self._readers.pop(reader.target, None)
+            if self._readers.get(reader.target) is reader:
+                reader.task = None
+                if not self._wanted(reader.target):
+                    del self._readers[reader.target]
 
     async def _prepare(self, reader: _Reader) -> None:
         redis = self.redis
         stream = self.keys.stream(reader.target)
         try:
             await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        except Exception as exc:
+        except redis_errors() as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        # A stream made here for a worker nobody writes to goes, as an idle one does.
+        await redis.pexpire(stream, int(self.stream_max_age * 1000), nx=True)
         record = await redis.hgetall(self.keys.delivered(reader.target))
         reader.ledger.load({k.decode(): int(v) for k, v in record.items()})
         # Worker names are unique: another reader of this stream is a previous host.
@@ -243,6 +282,8 @@ class StreamDelivery:
         target = reader.target
         stream = self.keys.stream(target)
         while self.active:
+            if not self._wanted(target):
+                raise _Unwanted
             answer = await redis.xreadgroup(
                 GROUP, self.process_id, {stream: start}, count=self.batch
             )
@@ -270,6 +311,11 @@ class StreamDelivery:
     async def _take(
         self, reader: _Reader, fields: dict[bytes, bytes], record: dict[str, int]
     ) -> None:
+        """Hand one entry to the local bus.
+
+        Raises:
+            _Unwanted: nobody here wants the target any more: the entry stays pending.
+        """
         stats = self._stats
         try:
             envelope = decode_envelope(fields.get(b"d", b""))
@@ -280,6 +326,7 @@ class StreamDelivery:
         verdict = reader.ledger.check(sender, seq)
         if verdict.duplicate:
             stats.duplicates += 1
+            record[sender] = max(seq, record.get(sender, 0))  # in case the record lags
             return
         if verdict.lost:
             stats.lost += verdict.lost
@@ -302,8 +349,10 @@ class StreamDelivery:
         mark_origin(message, envelope.origin or f"redis:{sender}")
         if envelope.trace_context is not None:
             set_trace_context(message, envelope.trace_context)
+        # Waits for room: a slow worker holds back its own stream only.
+        if not await self._deliver(message):
+            raise _Unwanted
         stats.received += 1
-        await self._deliver(message)  # waits for room: a slow worker holds its stream only
         reader.ledger.delivered(sender, seq)
         record[sender] = seq
 
