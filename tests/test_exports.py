@@ -132,6 +132,7 @@ MODULE_ONLY = {
     "messages": {
         "is_local_only",
         "mark_origin",
+        "set_link_seq",
         "set_trace_context",
         "wire_name_of",
         "wire_type",
