@@ -43,8 +43,8 @@ class Relay:
     first of ``fallback_ports`` that takes it (a balancer in front of several instances)."""
 
     def __init__(self, target_port: int, *fallback_ports: int) -> None:
-        self.target_port = target_port
-        self.ports = (target_port, *fallback_ports)
+        self.target_port = target_port  # a test may move it (a server restarted elsewhere)
+        self.fallback_ports = fallback_ports
         self.port = 0
         self.accepted = 0
         self._live: list[_Relayed] = []
@@ -64,7 +64,7 @@ class Relay:
             self.refused += 1
             self._refused_one.set()
             return
-        for port in self.ports:
+        for port in (self.target_port, *self.fallback_ports):
             try:
                 up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
