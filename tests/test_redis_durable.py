@@ -341,7 +341,7 @@ async def test_a_process_that_also_watches_everything_reads_its_workers_backlog(
             for n in range(20):
                 await sender.send(Ping(source="a", target="b", n=n))
             bus = RedisBus(redis.url, prefix=ns, delivery="durable")
-            async with WorkerRunner(name="b", bus=bus) as runner:
+            async with WorkerRunner(name="host", bus=bus) as runner:
                 await bus.subscribe("monitor", watch, Interest(everything=True))
                 sink = Sink()
                 await runner.add_workers(sink)
