@@ -224,6 +224,11 @@ async def test_many_senders_in_one_process_lose_nothing() -> None:
             else:
                 await super().on_bus_message(message)
 
+        async def wait_count(self, count: int) -> None:
+            while len(self.got) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
     async with redis_server() as redis:
         ns = prefix()
         senders = RedisBus(redis.url, prefix=ns, delivery="durable")
@@ -237,10 +242,7 @@ async def test_many_senders_in_one_process_lose_nothing() -> None:
                     await senders.send(Ping(source=source, target="sink", n=n))
 
             await asyncio.gather(*(send(f"task-{i}") for i in range(100)))
-            async with asyncio.timeout(30):
-                while len(sink.got) < 500:
-                    sink.arrived.clear()
-                    await sink.arrived.wait()
+            await asyncio.wait_for(sink.wait_count(500), 30)
             sent = [(f"task-{i}", n) for i in range(100) for n in range(5)]
             assert sorted(sink.got) == sorted(sent)
             assert receivers.stats.lost == 0
@@ -331,6 +333,11 @@ async def test_a_process_that_also_watches_everything_reads_its_workers_backlog(
             else:
                 await super().on_bus_message(message)
 
+        async def wait_count(self, count: int) -> None:
+            while len(self.got) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
     async def watch(message: BusMessage) -> None:
         pass
 
@@ -345,8 +352,5 @@ async def test_a_process_that_also_watches_everything_reads_its_workers_backlog(
                 await bus.subscribe("monitor", watch, Interest(everything=True))
                 sink = Sink()
                 await runner.add_workers(sink)
-                async with asyncio.timeout(20):
-                    while len(sink.got) < 20:
-                        sink.arrived.clear()
-                        await sink.arrived.wait()
+                await asyncio.wait_for(sink.wait_count(20), 20)
                 assert sink.got == list(range(20))
