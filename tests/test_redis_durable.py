@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from fastapi_busproxy import BaseWorker, BusMessage, BusUnavailableError, WorkerRunner
+from fastapi_busproxy.interest import Interest
+from fastapi_busproxy.redis import RedisBus
+from tests.redis_messages import Ping
 from tests.redis_support import ROOT, redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -100,6 +104,27 @@ def prefix() -> str:
 def lost_and_repeated(sent: list[int], got: list[int]) -> tuple[set[int], dict[int, int]]:
     counts = Counter(got)
     return set(sent) - set(counts), {n: c for n, c in counts.items() if c > 1}
+
+
+class Collector(BaseWorker):
+    """A worker in the test's own process that keeps the Pings it gets, as (source, n)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.got: list[tuple[str, int]] = []
+        self._arrived = asyncio.Event()
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if isinstance(message, Ping):
+            self.got.append((message.source, message.n))
+            self._arrived.set()
+        else:
+            await super().on_bus_message(message)
+
+    async def wait_count(self, count: int) -> None:
+        while len(self.got) < count:
+            self._arrived.clear()
+            await self._arrived.wait()
 
 
 async def test_messages_for_a_worker_that_is_down_are_kept_and_come_in_order() -> None:
@@ -189,9 +214,6 @@ async def test_redis_restarted_without_its_data_reports_the_loss_with_a_count() 
 
 
 async def test_a_send_redis_cannot_take_is_refused_to_the_sender() -> None:
-    from fastapi_busproxy import BusUnavailableError, WorkerRunner
-    from fastapi_busproxy.redis import RedisBus
-    from tests.redis_messages import Ping
 
     async with redis_server() as redis:
         bus = RedisBus(redis.url, prefix=prefix(), delivery="durable", publish_timeout=0.3)
@@ -207,33 +229,12 @@ async def test_a_send_redis_cannot_take_is_refused_to_the_sender() -> None:
 async def test_many_senders_in_one_process_lose_nothing() -> None:
     """Tasks of one process sending to one worker at once: each message keeps its number's
     place in the stream, so none is taken for a gap or a repeat."""
-    from fastapi_busproxy import BaseWorker, BusMessage, WorkerRunner
-    from fastapi_busproxy.redis import RedisBus
-    from tests.redis_messages import Ping
-
-    class Sink(BaseWorker):
-        def __init__(self) -> None:
-            super().__init__("sink")
-            self.got: list[tuple[str, int]] = []
-            self.arrived = asyncio.Event()
-
-        async def on_bus_message(self, message: BusMessage) -> None:
-            if isinstance(message, Ping):
-                self.got.append((message.source, message.n))
-                self.arrived.set()
-            else:
-                await super().on_bus_message(message)
-
-        async def wait_count(self, count: int) -> None:
-            while len(self.got) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
 
     async with redis_server() as redis:
         ns = prefix()
         senders = RedisBus(redis.url, prefix=ns, delivery="durable")
         receivers = RedisBus(redis.url, prefix=ns, delivery="durable")
-        sink = Sink()
+        sink = Collector("sink")
         async with WorkerRunner(name="a", bus=senders), WorkerRunner(name="b", bus=receivers) as b:
             await b.add_workers(sink)
 
@@ -252,9 +253,6 @@ async def test_many_senders_in_one_process_lose_nothing() -> None:
 async def test_what_a_worker_that_leaves_has_not_taken_waits_for_the_next() -> None:
     """A worker stops with a backlog in its stream: what its queue had not taken stays in the
     stream, unacknowledged, for the next worker of that name, in order."""
-    from fastapi_busproxy import BaseWorker, BusMessage, WorkerRunner
-    from fastapi_busproxy.redis import RedisBus
-    from tests.redis_messages import Ping
 
     class Stalls(BaseWorker):
         """Takes 20 messages, then stalls on the 21st."""
@@ -298,9 +296,6 @@ async def test_what_a_worker_that_leaves_has_not_taken_waits_for_the_next() -> N
 async def test_a_process_restarted_under_the_same_id_is_a_new_sender() -> None:
     """Numbers start over with each start of a process, even under a fixed process id: its
     messages after a restart are not taken for repeats of the ones before."""
-    from fastapi_busproxy import WorkerRunner
-    from fastapi_busproxy.redis import RedisBus
-    from tests.redis_messages import Ping
 
     async with redis_server() as redis:
         ns = prefix()
@@ -315,28 +310,6 @@ async def test_a_process_restarted_under_the_same_id_is_a_new_sender() -> None:
 
 
 async def test_a_process_that_also_watches_everything_reads_its_workers_backlog() -> None:
-    from fastapi_busproxy import BaseWorker, BusMessage, WorkerRunner
-    from fastapi_busproxy.interest import Interest
-    from fastapi_busproxy.redis import RedisBus
-    from tests.redis_messages import Ping
-
-    class Sink(BaseWorker):
-        def __init__(self) -> None:
-            super().__init__("b")
-            self.got: list[int] = []
-            self.arrived = asyncio.Event()
-
-        async def on_bus_message(self, message: BusMessage) -> None:
-            if isinstance(message, Ping):
-                self.got.append(message.n)
-                self.arrived.set()
-            else:
-                await super().on_bus_message(message)
-
-        async def wait_count(self, count: int) -> None:
-            while len(self.got) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
 
     async def watch(message: BusMessage) -> None:
         pass
@@ -350,7 +323,7 @@ async def test_a_process_that_also_watches_everything_reads_its_workers_backlog(
             bus = RedisBus(redis.url, prefix=ns, delivery="durable")
             async with WorkerRunner(name="host", bus=bus) as runner:
                 await bus.subscribe("monitor", watch, Interest(everything=True))
-                sink = Sink()
+                sink = Collector("b")
                 await runner.add_workers(sink)
                 await asyncio.wait_for(sink.wait_count(20), 20)
-                assert sink.got == list(range(20))
+                assert sink.got == [("a", n) for n in range(20)]
