@@ -181,7 +181,6 @@ class RedisBus(WorkerBus):
                 spawn=self._spawn,
                 stats=self.stats,
                 on_loss=self._report_loss,
-                publish_timeout=publish_timeout,
                 stream_max_len=stream_max_len,
                 stream_max_age=stream_max_age,
             )

@@ -1,11 +1,12 @@
 """Durable delivery: the messages for a worker go through a Redis stream of their own.
 
 Chosen with ``RedisBus(delivery="durable")`` (``BUSPROXY_BUS_DELIVERY=durable``). A message with
-a target that no subscriber of the sending process wants is added to the target's stream
-(``<prefix>:q:<target>``) and a notice goes to the target's channel. The process whose
-subscribers want that target (the worker's, or the proxy of a remote worker) reads the stream
-in the consumer group ``workers``, hands each message to the bus's local queues, and then
-acknowledges it and records, per sender, the last number delivered (one transaction).
+a target that no subscriber of the sending process wants, or that came over a resumable link, is
+added to the target's stream (``<prefix>:q:<target>``) and a notice goes to the target's
+channel. The process whose subscribers want that target (the worker's, or the proxy of a remote
+worker) reads the stream in the consumer group ``workers``, hands each message to the bus's
+local queues, and then acknowledges it and records, per sender, the last number delivered (one
+transaction).
 
 - **Sending.** ``send()`` returns once Redis has the message; while Redis is unreachable it
   retries for ``publish_timeout`` seconds, then raises ``BusUnavailableError``.
@@ -33,7 +34,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import BusClosedError, MessageDecodeError
@@ -75,7 +76,6 @@ class _Reader:
     again: bool = False
     prepared: bool = False
     attempt: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class StreamDelivery:
@@ -93,7 +93,6 @@ class StreamDelivery:
         spawn: Callable[[Any, str], asyncio.Task[None]],
         stats: Any,
         on_loss: Callable[[DataLoss], None],
-        publish_timeout: float,
         stream_max_len: int,
         stream_max_age: float,
         batch: int = 64,
@@ -104,7 +103,6 @@ class StreamDelivery:
         self.serializer = serializer
         self.redis: Any = None
         self.active = False
-        self.publish_timeout = publish_timeout
         self.stream_max_len = stream_max_len
         self.stream_max_age = stream_max_age
         self.batch = batch
