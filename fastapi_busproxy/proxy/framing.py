@@ -42,8 +42,10 @@ preceded by its W3C trace context (2-byte length, then ``traceparent``, a newlin
 payload. Untraced messages keep the frames above, byte for byte; the plain format never
 carries a trace context.
 
-The client that resumes names its session and what it has delivered in the handshake's
-``x-busproxy-resume: <session> <received>`` header. Readiness announcements stay unsequenced
+The client that resumes names its session, what it has delivered and what the server
+acknowledged of its own in the handshake's ``x-busproxy-resume: <session> <received>
+[<acknowledged>]`` header (an instance taking the session over from a dead one starts from the
+last two). Readiness announcements stay unsequenced
 (``0x00``): each connection sends them anew. :mod:`.resume` keeps the numbers and the replay.
 
 **In-band upgrade.** A server whose socket the app accepted itself, without choosing a

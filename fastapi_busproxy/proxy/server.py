@@ -465,17 +465,16 @@ class WebSocketProxyServer(ProxyWorker):
         in_band = self.subprotocol is not None and not _not_accepted(websocket)
         if _not_accepted(websocket):
             await websocket.accept(subprotocol=self.subprotocol)
-        taken = self._taken_over
-        if is_resumable(self.subprotocol):
+        taken = self._taken_over if is_resumable(self.subprotocol) else None
+        if taken is not None:
             assert self._resume is not None
-            if taken is None:
-                self._resume.session = secrets.token_urlsafe(16)
-            else:
-                self._resume.take_over(*taken)
-        if taken is not None and is_resumable(self.subprotocol):
-            link = self._connect(websocket, in_band=in_band, resumed=True, peer_delivered=taken[1])
+            self._resume.take_over(*taken)
             self.stats.resumes += 1
+            link = self._connect(websocket, in_band=in_band, resumed=True, peer_delivered=taken[1])
         else:
+            if is_resumable(self.subprotocol):
+                assert self._resume is not None
+                self._resume.session = secrets.token_urlsafe(16)
             link = self._connect(websocket, in_band=in_band)
         await self.watch_workers(self.worker_name)
         client = websocket.scope.get("client")
