@@ -170,11 +170,15 @@ class Subscription:
             try:
                 await handler(message)
             except asyncio.CancelledError:
-                raise
+                raise  # not finished: its receipt is kept
             except Exception:
                 self._failed(message)
+                if message.receipt is not None:
+                    message.receipt.release()
             else:
                 self.delivered += 1
+                if message.receipt is not None:
+                    message.receipt.release()
             finally:
                 self._handling = False
                 self._handled += 1
@@ -192,6 +196,8 @@ class Subscription:
         if message is not None:
             self.delivered += 1
             self._handled += 1
+            if message.receipt is not None:
+                message.receipt.release()
             if _timing:
                 self._timed(message)
         return message
@@ -418,6 +424,7 @@ class WorkerBus(abc.ABC):
         if _timing:
             object.__setattr__(message, "sent_at", time.monotonic())
         system = message.system
+        receipt = message.receipt
         blocked: list[Subscription] | None = None
         for subscription in recipients:
             mailbox = subscription.mailbox
@@ -426,8 +433,10 @@ class WorkerBus(abc.ABC):
             if subscription._may_go_direct and (
                 await subscription._try_direct(message) or mailbox.closed
             ):
-                continue
+                continue  # handled already, or nobody is left to
             if mailbox.offer(message, system, message.source):
+                if receipt is not None:
+                    receipt.hold()  # the subscriber's run lets go once it has handled it
                 continue
             policy = Overflow.WAIT if system else (overflow or message.overflow)
             if policy is Overflow.DROP:
@@ -453,19 +462,27 @@ class WorkerBus(abc.ABC):
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        receipt = message.receipt
         for subscription in blocked:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            if receipt is not None:
+                # Held before queuing: the subscriber may handle it before this task resumes.
+                receipt.hold()
             try:
                 await asyncio.wait_for(
                     subscription.mailbox.put(message, message.system, message.source), remaining
                 )
-            except asyncio.TimeoutError:
-                raise BusFullError(
-                    f"queue of {subscription.name!r} stayed full for {timeout}s: "
-                    f"{type(message).__name__} from {message.source!r} was not queued for it"
-                ) from None
-            except BusClosedError:
-                continue  # the subscriber left while we waited
+            except BaseException as exc:
+                if receipt is not None:
+                    receipt.release()  # not queued
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise BusFullError(
+                        f"queue of {subscription.name!r} stayed full for {timeout}s: "
+                        f"{type(message).__name__} from {message.source!r} was not queued for it"
+                    ) from None
+                if isinstance(exc, BusClosedError):
+                    continue  # the subscriber left while we waited
+                raise
 
 
 class InMemoryBus(WorkerBus):

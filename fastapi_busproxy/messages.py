@@ -22,9 +22,12 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, is_dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._receipt import Receipt
 
 __all__ = [
     "BusActivateWorkerMessage",
@@ -173,6 +176,9 @@ class BusMessage:
     ``link_seq`` is set by a resumable link on what it lets in: ``(session, number)``, the
     message's identity in its session, by which the durable Redis bus drops a message that a
     client resuming on another instance sends again (:mod:`fastapi_busproxy.redis.streams`).
+
+    ``receipt`` is set by a bus that must know when the message has been handled, not only
+    queued (:mod:`fastapi_busproxy._receipt`); it never crosses the wire.
     """
 
     system: ClassVar[bool] = False
@@ -180,6 +186,7 @@ class BusMessage:
     origin: ClassVar[str | None] = None
     trace_context: ClassVar[bytes | None] = None
     link_seq: ClassVar[tuple[str, int] | None] = None
+    receipt: ClassVar[Receipt | None] = None
 
     source: str
     target: str | None = None

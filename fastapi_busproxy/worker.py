@@ -746,6 +746,8 @@ class BaseWorker(WorkerJobs, EventEmitter):
 
     async def _receive(self, message: BusMessage) -> None:
         if self._state is WorkerState.ENDING:
+            if message.receipt is not None:
+                message.receipt.void()  # not handled: durable delivery keeps it for the next
             return  # stopping: what is still queued is discarded
         if not self.accepts_bus_message(message):
             if isinstance(message, BusJobRequestMessage) and message.target == self._name:
