@@ -6,6 +6,7 @@ sends ``count`` numbered Pings to ``peer`` (about 100 a second) and runs until S
 prints a line as each thing happens, flushed, so a test knows what a killed node did:
 ``SENT n`` once ``send`` returned, ``FAIL n`` when it raised, ``GOT <sender> n`` as the worker
 handles a Ping, ``DONE`` when all are sent, ``LOSS <count>`` for each loss the bus reports.
+With ``--pace S`` the worker takes S seconds over each Ping before it prints it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ def say(line: str) -> None:
 
 
 class Recorder(BaseWorker):
+    def __init__(self, name: str, pace: float) -> None:
+        super().__init__(name)
+        self.pace = pace
+
     async def on_bus_message(self, message: BusMessage) -> None:
         if isinstance(message, Ping):
+            if self.pace:
+                await asyncio.sleep(self.pace)  # a slow worker: its queue fills
             say(f"GOT {message.source} {message.n}")
         else:
             await super().on_bus_message(message)
@@ -54,6 +61,7 @@ async def main() -> None:
     parser.add_argument("--peer")
     parser.add_argument("--first", type=int, default=1)
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--pace", type=float, default=0.0)
     args = parser.parse_args()
     bus = RedisBus(
         args.url,
@@ -68,7 +76,7 @@ async def main() -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with runner:
-        worker = Recorder(args.worker)
+        worker = Recorder(args.worker, args.pace)
         await runner.add_workers(worker)
         say(f"READY {os.getpid()}")
         sender = None

@@ -74,6 +74,7 @@ logger = logging.getLogger("fastapi_busproxy.redis")
 
 _DEDUPE_WINDOW = 4096
 _MAX_LOSS_LISTENERS = 64
+_ACK_ON_STOP = 2.0  # seconds a clean stop waits to acknowledge what its workers handled
 
 Delivery = Literal["pubsub", "durable"]
 
@@ -268,6 +269,8 @@ class RedisBus(WorkerBus):
     async def stop(self) -> None:
         if not self._running and self._redis is None:
             return
+        if self._streams is not None and self._running:
+            await self._streams.acknowledge_all(_ACK_ON_STOP)
         self._running = False
         self._replica.active = False
         if self._streams is not None:

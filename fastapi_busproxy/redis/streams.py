@@ -4,9 +4,10 @@ Chosen with ``RedisBus(delivery="durable")`` (``BUSPROXY_BUS_DELIVERY=durable``)
 a target that no subscriber of the sending process wants, or that came over a resumable link, is
 added to the target's stream (``<prefix>:q:<target>``) and a notice goes to the target's
 channel. The process whose subscribers want that target (the worker's, or the proxy of a remote
-worker) reads the stream in the consumer group ``workers``, hands each message to the bus's
-local queues, and then acknowledges it and records, per sender, the last number delivered (one
-transaction).
+worker) reads the stream in the consumer group ``workers`` and hands each message to the bus's
+local queues with a receipt (:mod:`fastapi_busproxy._receipt`); once every subscriber that took
+it has handled it, the reader acknowledges it and records, per sender, the last number handled
+(one transaction, with whatever else was handled while the previous one was on its way).
 
 - **Sending.** ``send()`` returns once Redis has the message; while Redis is unreachable it
   retries for ``publish_timeout`` seconds, then raises ``BusUnavailableError``.
@@ -14,7 +15,8 @@ transaction).
   a subscriber of that target starts in some process; it reads from the oldest entry.
 - **Taking over.** A process that starts reading a target claims what other readers of it had
   read and not acknowledged (worker names are unique: another reader is a previous host, gone or
-  going), before anything new.
+  going), before anything new: what a killed process had queued or was handling is delivered
+  again, and only a message handled whose acknowledgement had not reached Redis is repeated.
 - **No repeats, no silent gaps.** Each sender numbers its messages per target; the reader drops a
   number it has delivered (a redelivery, a retried send) and counts and logs a skipped one: what
   the stream lost unread (trimmed, or Redis lost its data).
@@ -24,7 +26,8 @@ transaction).
   ``stream_max_age`` is removed. A reader takes ``batch`` entries at a time and waits for room
   in the worker's queue before taking more: a slow worker leaves its messages in Redis, and
   holds back only its own stream.
-- **Tasks.** One task per target with unread entries, while it has some.
+- **Tasks.** Per target, one task while it has unread entries and one while it has handled
+  entries to acknowledge.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._receipt import Receipt, attach_receipt
 from ..exceptions import BusClosedError, MessageDecodeError
 from ..messages import BusMessage, mark_origin, set_trace_context
 from ..proxy.reconnect import ReconnectPolicy
@@ -76,6 +80,13 @@ class _Reader:
     again: bool = False
     prepared: bool = False
     attempt: int = 0
+    # Entries handed to the local bus and not yet handled (at most the subscribers' queues'
+    # capacity and a batch): a read of this process's pending entries skips them.
+    in_flight: set[bytes] = field(default_factory=set)
+    # Handled, to acknowledge: entry ids, and the last number handled per sender.
+    acks: list[bytes] = field(default_factory=list)
+    record: dict[str, int] = field(default_factory=dict)
+    acking: asyncio.Task[None] | None = None
 
 
 class StreamDelivery:
@@ -121,6 +132,7 @@ class StreamDelivery:
         # stream holds each sender's numbers in order. Bounded: a lock lives while used.
         self._adding: dict[str, list[Any]] = {}
         self._readers: dict[str, _Reader] = {}
+        self._acking: set[asyncio.Task[None]] = set()  # at most one per reader
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -203,6 +215,7 @@ class StreamDelivery:
         self.active = False
         self._readers.clear()
         self._adding.clear()
+        self._acking.clear()
 
     async def _run(self, reader: _Reader) -> None:
         try:
@@ -288,28 +301,18 @@ class StreamDelivery:
             entries = answer[0][1] if answer else []
             if not entries:
                 return
-            acks = []
-            record: dict[str, int] = {}
-            try:
-                for entry_id, fields in entries:
-                    if fields:  # a claimed entry that was trimmed meanwhile has none
-                        await self._take(reader, fields, record)
-                    acks.append(entry_id)
-            finally:
-                # What was handed over is acknowledged even when stopping midway (the rest
-                # stays pending, for this process's next read or the next host's claim).
-                if acks:
-                    pipe = redis.pipeline(transaction=True)
-                    pipe.xack(stream, GROUP, *acks)
-                    if record:
-                        pipe.hset(self.keys.delivered(target), mapping=record)
-                        pipe.pexpire(self.keys.delivered(target), int(self.stream_max_age * 2000))
-                    await pipe.execute()
+            for entry_id, fields in entries:
+                if entry_id in reader.in_flight:
+                    continue  # read again from the pending entries: still being handled
+                if not fields:  # a claimed entry that was trimmed meanwhile has none
+                    self._settle(reader, entry_id, None, 0)
+                    continue
+                await self._take(reader, entry_id, fields)
+            if start != ">":  # reading the pending entries: on past these
+                start = entries[-1][0]
 
-    async def _take(
-        self, reader: _Reader, fields: dict[bytes, bytes], record: dict[str, int]
-    ) -> None:
-        """Hand one entry to the local bus.
+    async def _take(self, reader: _Reader, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Hand one entry to the local bus; it is acknowledged once handled.
 
         Raises:
             _Unwanted: nobody here wants the target any more: the entry stays pending.
@@ -319,12 +322,13 @@ class StreamDelivery:
             envelope = decode_envelope(fields.get(b"d", b""))
         except MessageDecodeError as exc:
             self._refuse(f"{exc} in the stream of {reader.target}")
+            self._settle(reader, entry_id, None, 0)
             return
         sender, seq = envelope.process, envelope.seq
         verdict = reader.ledger.check(sender, seq)
         if verdict.duplicate:
             stats.duplicates += 1
-            record[sender] = max(seq, record.get(sender, 0))  # in case the record lags
+            self._settle(reader, entry_id, sender, seq)  # in case the record lags
             return
         if verdict.lost:
             stats.lost += verdict.lost
@@ -342,17 +346,90 @@ class StreamDelivery:
         except MessageDecodeError as exc:
             self._refuse(f"{exc} (from process {sender})")
             reader.ledger.delivered(sender, seq)
-            record[sender] = seq
+            self._settle(reader, entry_id, sender, seq)
             return
         mark_origin(message, envelope.origin or f"redis:{sender}")
         if envelope.trace_context is not None:
             set_trace_context(message, envelope.trace_context)
+        # Acknowledged when every local subscriber that took it has handled it: what a
+        # killed process had queued is still pending, for the next host to claim.
+        receipt = Receipt(lambda: self._settle(reader, entry_id, sender, seq))
+        attach_receipt(message, receipt)
+        reader.in_flight.add(entry_id)
         # Waits for room: a slow worker holds back its own stream only.
         if not await self._deliver(message):
+            reader.in_flight.discard(entry_id)
             raise _Unwanted
         stats.received += 1
         reader.ledger.delivered(sender, seq)
-        record[sender] = seq
+        receipt.release()
+
+    # -- acknowledging --------------------------------------------------------------------------
+
+    def _settle(self, reader: _Reader, entry_id: bytes, sender: str | None, seq: int) -> None:
+        """``entry_id`` is done with: acknowledge it, with the sender's number, soon."""
+        reader.in_flight.discard(entry_id)
+        reader.acks.append(entry_id)
+        if sender is not None and seq > reader.record.get(sender, 0):
+            reader.record[sender] = seq
+        if reader.acking is None and self.active:
+            task = self._spawn(self._acknowledge(reader), f"ack:{reader.target}")
+            reader.acking = task
+            self._acking.add(task)
+            task.add_done_callback(self._acking.discard)
+
+    async def _acknowledge(self, reader: _Reader) -> None:
+        """Acknowledge what was handled, one transaction at a time: what is handled while one
+        is on its way goes in the next. Kept and tried again while Redis is away."""
+        attempt = 0
+        try:
+            while reader.acks and self.active:
+                try:
+                    await self._write_acks(reader)
+                    attempt = 0
+                except redis_errors() as exc:
+                    attempt += 1
+                    delay = self.reconnect.delay(attempt, 0.5)
+                    logger.warning(
+                        "redis bus %s: acknowledging %d message(s) to %s failed (%s);"
+                        " again in %.2fs",
+                        self.process_id,
+                        len(reader.acks),
+                        reader.target,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+        finally:
+            reader.acking = None
+
+    async def _write_acks(self, reader: _Reader) -> None:
+        acks, record = reader.acks, reader.record
+        reader.acks, reader.record = [], {}
+        stream = self.keys.stream(reader.target)
+        delivered = self.keys.delivered(reader.target)
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xack(stream, GROUP, *acks)
+            if record:
+                pipe.hset(delivered, mapping=record)
+                pipe.pexpire(delivered, int(self.stream_max_age * 2000))
+            await pipe.execute()
+        except BaseException:
+            # Not written: back in front of what was handled meanwhile.
+            reader.acks[:0] = acks
+            for sender, seq in record.items():
+                if seq > reader.record.get(sender, 0):
+                    reader.record[sender] = seq
+            raise
+
+    async def acknowledge_all(self, timeout: float) -> None:
+        """On a clean stop, once the workers have ended: write what they handled and is not
+        acknowledged yet, within ``timeout`` (what is not written goes to the next host
+        again)."""
+        tasks = [task for task in self._acking if not task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     def _refuse(self, detail: str) -> None:
         self._stats.rejected += 1
