@@ -27,11 +27,17 @@ __all__ = ["Receipt", "attach_receipt"]
 class Receipt:
     """Counts the holders of one delivery; calls ``done()`` when the last lets go."""
 
-    __slots__ = ("_done", "_holders")
+    __slots__ = ("_done", "_holders", "entry")
 
-    def __init__(self, done: Callable[[], None]) -> None:
+    def __init__(
+        self, done: Callable[[], None], entry: tuple[str, bytes, str, int] | None = None
+    ) -> None:
         self._done = done
         self._holders = 1  # the deliverer, until it has handed the message to everyone
+        self.entry = entry
+        """Where the message came from, for a holder that can acknowledge it itself, in one
+        step with what it does (a durable session keeping what it sends): its target's stream
+        entry and its sender's number there, ``(target, entry id, sender, number)``."""
 
     def hold(self) -> None:
         self._holders += 1

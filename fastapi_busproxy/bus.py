@@ -106,6 +106,7 @@ class Subscription:
         "_handler",
         "_handling",
         "_in_direct",
+        "_taken",
         "_task",
         "delivered",
         "dropped",
@@ -134,6 +135,9 @@ class Subscription:
         self._in_direct = False  # a sender is in the direct handler
         self._task: asyncio.Task[None] | None = None
         self._handled = 0  # messages the delivery task has finished with
+        # Taken by the handler running now (take_queued) with a receipt: finished with
+        # when the handler returns.
+        self._taken: list[BusMessage] | None = None
         self._drain_at: int | None = None
         self._drained: Callable[[], Awaitable[None]] | None = None
         self.delivered = 0
@@ -170,15 +174,19 @@ class Subscription:
             try:
                 await handler(message)
             except asyncio.CancelledError:
-                raise  # not finished: its receipt is kept
+                raise  # not finished: its receipt (and those it took) are kept
             except Exception:
                 self._failed(message)
                 if message.receipt is not None:
                     message.receipt.release()
+                if self._taken is not None:
+                    self._release_taken()
             else:
                 self.delivered += 1
                 if message.receipt is not None:
                     message.receipt.release()
+                if self._taken is not None:
+                    self._release_taken()
             finally:
                 self._handling = False
                 self._handled += 1
@@ -189,18 +197,27 @@ class Subscription:
 
     def take_queued(self) -> BusMessage | None:
         """For the handler running now: the next queued message, which it then handles
-        itself (counted as delivered), or ``None`` if nothing may be taken now. A proxy
-        writes what is queued for its link in one batch this way: its mailbox is its
-        outbox."""
+        itself (counted as delivered, and finished with when the handler returns), or
+        ``None`` if nothing may be taken now. A proxy writes what is queued for its link in
+        one batch this way: its mailbox is its outbox."""
         message = self.mailbox.take_nowait()
         if message is not None:
             self.delivered += 1
             self._handled += 1
             if message.receipt is not None:
-                message.receipt.release()
+                if self._taken is None:
+                    self._taken = []
+                self._taken.append(message)
             if _timing:
                 self._timed(message)
         return message
+
+    def _release_taken(self) -> None:
+        taken, self._taken = self._taken, None
+        for message in taken or ():
+            receipt = message.receipt
+            assert receipt is not None
+            receipt.release()
 
     def _timed(self, message: BusMessage) -> None:
         sent = getattr(message, "sent_at", None)

@@ -2,7 +2,8 @@
 
 Durable delivery on Redis acknowledges a stream entry on that word, so these are the cases it
 relies on: handled, failed, several subscribers, a wait for room, a handler cancelled, a queue
-closed with the message in it, and a proxy that takes its queue to write in one batch.
+closed with the message in it, a proxy that takes its queue to write in one batch, and a
+link's send queue.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi_busproxy import BaseWorker, InMemoryBus, Interest, WorkerRunner
 from fastapi_busproxy._receipt import Receipt, attach_receipt
 from fastapi_busproxy.bus import Subscription
 from fastapi_busproxy.messages import BusDataMessage, BusMessage
+from fastapi_busproxy.proxy._outbox import Outbox
 
 pytestmark = pytest.mark.anyio
 
@@ -168,6 +170,7 @@ async def test_a_proxy_that_takes_its_queue_to_write_has_finished_with_it(
     bus: InMemoryBus,
 ) -> None:
     taken: list[int] = []
+    during: list[list[int]] = []
     subscription: Subscription | None = None
     started = asyncio.Event()
     go = asyncio.Event()
@@ -182,6 +185,8 @@ async def test_a_proxy_that_takes_its_queue_to_write_has_finished_with_it(
         while (more := subscription.take_queued()) is not None:
             assert isinstance(more, Note)
             taken.append(more.n)
+        await asyncio.sleep(0)  # a write: what it took is not finished with until it returns
+        during.append([t.calls for t in tallies])
 
     subscription = await bus.subscribe("b", writer, Interest.worker("b"))
     tallies = [Tally(), Tally()]
@@ -196,7 +201,26 @@ async def test_a_proxy_that_takes_its_queue_to_write_has_finished_with_it(
     go.set()
     await asyncio.wait_for(tallies[0].called.wait(), 5)
     assert taken == [1, 2]
+    assert during == [[0, 0]]
     assert [t.calls for t in tallies] == [1, 1]
+
+
+def test_an_outbox_holds_what_it_queues_until_popped() -> None:
+    outbox = Outbox(max_size=2, max_age=60)
+    tallies = [Tally(), Tally(), Tally()]
+    (m0, r0), (m1, r1), (m2, r2) = (noted(n, tally) for n, tally in enumerate(tallies))
+    assert outbox.put_nowait(m0)
+    assert outbox.put_nowait(m1)
+    assert not outbox.put_nowait(m2)  # full: not queued, not held
+    for receipt in (r0, r1, r2):
+        receipt.release()  # the deliverer's: the outbox's hold keeps the first two
+    assert [t.calls for t in tallies] == [0, 0, 1]
+    outbox.pop(1)  # the link has it
+    assert [t.calls for t in tallies] == [1, 0, 1]
+    assert outbox.put_dropping_oldest(Note(source="a", target="b")) == 0
+    assert outbox.put_dropping_oldest(Note(source="a", target="b")) == 1  # drops m1
+    outbox.clear()  # not sent: never let go
+    assert [t.calls for t in tallies] == [1, 0, 1]
 
 
 class Watched(Receipt):

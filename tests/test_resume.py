@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from fastapi_busproxy import JSONMessageSerializer
+from fastapi_busproxy._receipt import Receipt
 from fastapi_busproxy.closecodes import CloseCode
 from fastapi_busproxy.exceptions import ConfigurationError
 from fastapi_busproxy.messages import BusJobRequestMessage, BusMessage
@@ -87,6 +88,64 @@ def test_losing_a_session_counts_the_unacknowledged_and_starts_over() -> None:
     assert state.lose() == 2
     assert (state.session, state.next_seq, state.peer_acked, state.delivered) == (None, 1, 0, 0)
     assert state.replay_bytes == 0
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+def test_receipts_of_numbered_messages_are_let_go_once_persisted_in_order() -> None:
+    state = SessionState()
+    tallies = [Tally() for _ in range(3)]
+    receipts = [Receipt(tally) for tally in tallies]
+    state.record([b"a", b"b"], receipts[:2])  # 1, 2
+    state.record([b"c"], receipts[2:])  # 3
+    for receipt in receipts:
+        receipt.release()  # the deliverer's hold: the session holds them now
+    assert state.needs_persisting
+    assert state.unpersisted() == [(1, b"a"), (2, b"b"), (3, b"c")]
+    assert state.receipts_upto(2) == receipts[:2]
+    state.persisted_upto(2)
+    assert [t.calls for t in tallies] == [1, 1, 0]
+    assert state.unpersisted() == [(3, b"c")]
+    state.persisted_upto(3)
+    assert [t.calls for t in tallies] == [1, 1, 1]
+    assert not state.needs_persisting
+    state.persisted_upto(3)  # again: nothing more
+    assert [t.calls for t in tallies] == [1, 1, 1]
+
+
+def test_a_lost_session_never_lets_go_of_what_it_did_not_persist() -> None:
+    state = SessionState()
+    tally = Tally()
+    receipt = Receipt(tally)
+    state.record([b"a"], [receipt])
+    receipt.release()
+    state.lose()
+    state.persisted_upto(5)
+    assert tally.calls == 0
+    assert not state.needs_persisting
+
+
+def test_taking_over_replays_what_the_peer_did_not_receive_with_its_numbers() -> None:
+    state = SessionState()
+    sent = [(3, b"c"), (4, b"d"), (5, b"e")]  # what the other instance kept (1, 2 acked)
+    state.take_over("s1", 3, 7, sent)  # the peer received 3; the other side delivered 7
+    assert (state.session, state.delivered, state.peer_acked) == ("s1", 7, 3)
+    assert state.resume(3) == [(4, b"d"), (5, b"e")]
+    assert state.record([b"f"]) == 6  # numbered on after what is replayed
+    assert state.unpersisted() == [(6, b"f")]  # what was taken over is kept already
+
+
+def test_taking_over_replays_nothing_after_a_gap() -> None:
+    state = SessionState()
+    state.take_over("s1", 3, 0, [(5, b"e"), (6, b"f")])  # 4 is missing
+    assert state.resume(3) == []
+    assert state.record([b"x"]) == 4
 
 
 def test_a_replay_buffer_below_the_minimum_is_a_configuration_error() -> None:

@@ -18,7 +18,7 @@ from ._link import Link
 from ._outbox import Outbox
 from .forwarding import ForwardingRules, SessionControl, session_control
 from .protocol import LinkConfig, LinkStats, SessionOutcome
-from .resume import SessionState
+from .resume import Persist, SessionState
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
 
@@ -64,6 +64,8 @@ class ProxyWorker(BaseWorker):
         self.stats = LinkStats()
         self._outbox = outbox
         self._link: Link | None = None
+        # Where a resumable session's numbered messages are kept too (see Link).
+        self._persist: Persist | None = None
 
     @property
     def connected(self) -> bool:
@@ -230,6 +232,7 @@ class ProxyWorker(BaseWorker):
             on_outcome=self._session_outcome if resumable or session is not None else None,
             on_drained=self._drained if resumable or session is not None else None,
             client=self._client_end,
+            persist=self._persist,
         )
 
     def _drained(self) -> None:

@@ -36,7 +36,7 @@ from ._outbox import Outbox
 from ._transport import PeerClosed, Transport
 from .forwarding import ForwardingRules
 from .protocol import ACK_DELAY, CloseInfo, LinkConfig, LinkProtocol, LinkStats, SessionOutcome
-from .resume import SessionState
+from .resume import Persist, SessionState
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
 
@@ -58,6 +58,7 @@ class Link:
         "_offer",
         "_on_drained",
         "_on_outcome",
+        "_persist",
         "_reader",
         "_running",
         "_send_error",
@@ -91,8 +92,12 @@ class Link:
         on_drained: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         client: bool = False,
+        persist: Persist | None = None,
     ) -> None:
         self.name = name
+        # Keeps a resumable session's numbered messages elsewhere too (a durable bus's
+        # Redis), before any of them is written: another instance can take the session over.
+        self._persist = persist
         self.transport = transport
         self.outbox = outbox
         self.stats = stats
@@ -517,6 +522,16 @@ class Link:
             await self._send_locked(send, data)
 
     async def _send_locked(self, send: Callable[[bytes], Awaitable[None]], data: bytes) -> None:
+        session = self.protocol.session
+        if session is not None and session.needs_persisting:
+            # Before any byte of a numbered message goes out: kept, then let go (receipts).
+            upto = session.sent
+            if self._persist is not None:
+                entries = session.unpersisted()
+                if entries:
+                    upto = entries[-1][0]
+                    await self._persist(session, entries, session.receipts_upto(upto))
+            session.persisted_upto(upto)
         # The protocol's tick closes the link if one write takes longer than send_timeout.
         self.protocol.write_started(self._clock())
         try:

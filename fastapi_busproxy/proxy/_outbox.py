@@ -7,6 +7,9 @@ so a batch whose write failed is sent again on the next connection.
 
 While the link is up, the outbox holds only what must wait (behind a full send window, or
 behind what was held): what the proxy forwards otherwise goes from its mailbox to the socket.
+
+A message with a receipt (:mod:`fastapi_busproxy._receipt`) is held while queued here; popping
+it lets go (the link has it then). One dropped or expired is never let go: it was not sent.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class Outbox:
             self._room.clear()
             return False
         self._queue().append((time.monotonic(), message))
+        if message.receipt is not None:
+            message.receipt.hold()
         if self.wake is not None:
             self.wake()
         return True
@@ -72,6 +77,8 @@ class Outbox:
             dropped += 1
         self.overflowed += dropped
         items.append((time.monotonic(), message))
+        if message.receipt is not None:
+            message.receipt.hold()
         if self.wake is not None:
             self.wake()
         return dropped
@@ -111,7 +118,9 @@ class Outbox:
         if not items:
             return
         for _ in range(min(count, len(items))):
-            items.popleft()
+            receipt = items.popleft()[1].receipt
+            if receipt is not None:
+                receipt.release()  # the link has it now (written, or in the session's replay)
         if not items:
             self._items = None
         if len(items) < self.max_size:

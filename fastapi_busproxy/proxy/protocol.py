@@ -33,7 +33,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..closecodes import CloseCode
 from ..exceptions import MessageEncodeError
@@ -76,6 +76,9 @@ from .framing import (
     parse_upgrade,
 )
 from .resume import SessionState
+
+if TYPE_CHECKING:
+    from .._receipt import Receipt
 
 logger = logging.getLogger("fastapi_busproxy.proxy")
 
@@ -895,6 +898,7 @@ class LinkProtocol:
         """
         payloads: list[bytes] = []
         contexts: list[bytes | None] | None = None  # made for the first traced message
+        receipts: list[Receipt] | None = None  # made for the first message with one
         size = 0
         taken = 0
         limit = self.batch_limit
@@ -915,6 +919,10 @@ class LinkProtocol:
                 contexts.append(context)
             payloads.append(payload)
             size += len(payload)
+            if message.receipt is not None:
+                if receipts is None:
+                    receipts = []
+                receipts.append(message.receipt)
             if _by_type:
                 self.stats.count_type(message, len(payload), 1)
             if size >= self.config.max_batch_bytes:
@@ -926,7 +934,7 @@ class LinkProtocol:
         session = self.session
         if session is not None:
             # (A replay resends the payloads without their trace contexts.)
-            first = session.record(payloads)
+            first = session.record(payloads, receipts or ())
             self._acked_out = session.delivered
             self._owed_bytes = 0
             if contexts is not None:

@@ -13,8 +13,14 @@ proxy that the plugin keeps through a disconnection) and outlives each connectio
   it tells the peer when a connection opens, so that the peer replays the rest.
 - **resuming** (:meth:`resume`) drops what the peer says it has delivered and hands back the
   rest for replay; a count that does not fit what was sent means the session cannot resume.
+- **persisting**: a link that keeps the replay elsewhere too (a durable Redis bus, so that
+  another instance can take the session over) writes :meth:`unpersisted` there before it
+  writes to the socket, then calls :meth:`persisted_upto`. Receipts of the messages numbered
+  (:mod:`fastapi_busproxy._receipt`) are held until then: what reached the replay's keeper is
+  handled, for the bus.
 - **taking over** (:meth:`take_over`) a session another instance served until it died: the
-  numbers go on from what the peer says it received and was acknowledged.
+  numbers go on from what the peer says it received and was acknowledged, after what the other
+  instance had sent and kept elsewhere, which is replayed.
 - **losing** the session (:meth:`lose`) counts what the peer never acknowledged and starts the
   numbering over.
 """
@@ -22,10 +28,15 @@ proxy that the plugin keeps through a disconnection) and outlives each connectio
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ..exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_REPLAY_BUFFER", "MIN_REPLAY_BUFFER", "SessionState"]
+if TYPE_CHECKING:
+    from .._receipt import Receipt
+
+__all__ = ["DEFAULT_REPLAY_BUFFER", "MIN_REPLAY_BUFFER", "Persist", "SessionState"]
 
 DEFAULT_REPLAY_BUFFER = 1_048_576
 MIN_REPLAY_BUFFER = 65_536
@@ -33,12 +44,14 @@ MIN_REPLAY_BUFFER = 65_536
 
 class SessionState:
     __slots__ = (
+        "_receipts",
         "_replay",
         "delivered",
         "limit",
         "next_seq",
         "peer_acked",
         "peer_window",
+        "persisted",
         "replay_bytes",
         "session",
     )
@@ -58,6 +71,9 @@ class SessionState:
         # Made on first use and dropped when empty: an idle session holds no deque block.
         self._replay: deque[tuple[int, bytes]] | None = None
         self.replay_bytes = 0
+        self.persisted = 0  # the highest of ours kept elsewhere too (see persisted_all)
+        # Receipts of the messages numbered and not persisted, with their batch's last number.
+        self._receipts: deque[tuple[int, Receipt]] | None = None
 
     @property
     def sent(self) -> int:
@@ -78,8 +94,15 @@ class SessionState:
         limit = self.limit if peer is None or peer > self.limit else peer
         return self.replay_bytes < limit
 
-    def record(self, payloads: list[bytes]) -> int:
-        """Number ``payloads`` (about to be written) and keep them; returns the first number."""
+    def record(self, payloads: list[bytes], receipts: Iterable[Receipt] = ()) -> int:
+        """Number ``payloads`` (about to be written) and keep them; returns the first number.
+        ``receipts``, of the messages they are, are held until they are persisted."""
+        last = self.next_seq + len(payloads) - 1
+        for receipt in receipts:
+            receipt.hold()
+            if self._receipts is None:
+                self._receipts = deque()
+            self._receipts.append((last, receipt))
         first = self.next_seq
         seq = first
         replay = self._replay
@@ -93,6 +116,41 @@ class SessionState:
         self.next_seq = seq
         self.replay_bytes += size
         return first
+
+    def unpersisted(self) -> list[tuple[int, bytes]]:
+        """What was numbered after :attr:`persisted` and the peer has not acknowledged."""
+        start = self.persisted
+        found = []
+        for entry in reversed(self._replay or ()):  # they are the newest: from the end
+            if entry[0] <= start:
+                break
+            found.append(entry)
+        found.reverse()
+        return found
+
+    @property
+    def needs_persisting(self) -> bool:
+        return self.persisted < self.next_seq - 1
+
+    def receipts_upto(self, seq: int) -> list[Receipt]:
+        """The receipts held for what was numbered up to ``seq`` (see :meth:`record`)."""
+        found = []
+        for last, receipt in self._receipts or ():
+            if last > seq:
+                break
+            found.append(receipt)
+        return found
+
+    def persisted_upto(self, seq: int) -> None:
+        """Everything numbered up to ``seq`` is kept elsewhere too: let its receipts go."""
+        if seq <= self.persisted:
+            return
+        self.persisted = seq
+        receipts = self._receipts
+        while receipts and receipts[0][0] <= seq:
+            receipts.popleft()[1].release()
+        if not receipts:
+            self._receipts = None
 
     def acknowledge(self, seq: int) -> bool:
         """The peer delivered everything up to ``seq``: forget it. ``False`` if ``seq`` is
@@ -124,15 +182,29 @@ class SessionState:
         self.acknowledge(peer_delivered)
         return list(self._replay or ())
 
-    def take_over(self, session: str, peer_delivered: int, delivered: int) -> None:
-        """Become, fresh, the session another side served until it died: ours is numbered on
-        after ``peer_delivered`` (what the peer received of the other side's), and the peer's
-        is taken from after ``delivered`` (what the other side acknowledged)."""
+    def take_over(
+        self,
+        session: str,
+        peer_delivered: int,
+        delivered: int,
+        sent: Iterable[tuple[int, bytes]] = (),
+    ) -> None:
+        """Become, fresh, the session another side served until it died: the peer's is taken
+        from after ``delivered`` (what the other side acknowledged); of ``sent`` (what the
+        other side numbered and kept elsewhere, in order), what follows ``peer_delivered``
+        (what the peer received) without a gap is replayed, and ours is numbered on after."""
         self.lose()
         self.session = session
         self.next_seq = peer_delivered + 1
         self.peer_acked = peer_delivered
         self.delivered = delivered
+        for seq, payload in sent:
+            if seq < self.next_seq:
+                continue
+            if seq > self.next_seq:
+                break  # a gap: nothing after it can be replayed in order
+            self.record([payload])
+        self.persisted = self.next_seq - 1
 
     def lose(self) -> int:
         """The session is gone: forget it and start over; returns how many messages sent were
@@ -140,8 +212,16 @@ class SessionState:
         lost = self.unacknowledged
         self._replay = None
         self.replay_bytes = 0
+        self.persisted = 0
+        self._receipts = None  # never let go: not handled
         self.session = None
         self.next_seq = 1
         self.peer_acked = 0
         self.delivered = 0
         return lost
+
+
+Persist = Callable[[SessionState, list[tuple[int, bytes]], list["Receipt"]], Awaitable[None]]
+"""Keeps a session's numbered messages elsewhere (``(number, payload)`` in order), before any
+of them is written, with the receipts of those that have one: see
+:meth:`WebSocketProxyServer.persist_sessions`."""

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from .._flag import Flag
@@ -29,7 +29,7 @@ from .framing import (
     parse_window_header,
 )
 from .protocol import CloseInfo, LinkConfig
-from .resume import DEFAULT_REPLAY_BUFFER, SessionState
+from .resume import DEFAULT_REPLAY_BUFFER, Persist, SessionState
 
 __all__ = ["WebSocketProxyServer"]
 
@@ -171,7 +171,7 @@ class WebSocketProxyServer(ProxyWorker):
             SessionState(replay_buffer_size) if resume_grace is not None and batching else None
         )
         self._ending = False  # stopping, or the session given up: no more detaching
-        self._taken_over: tuple[str, int, int] | None = None  # see take_over()
+        self._taken_over: tuple[str, int, int, list[tuple[int, bytes]]] | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         # A link made and not yet run: the endpoint's task runs it (wait_connection()), or
         # else a task of the proxy's (see start()).
@@ -188,18 +188,36 @@ class WebSocketProxyServer(ProxyWorker):
         """Whether sessions outlive their connection here (``resume_grace`` and batching)."""
         return self._resume is not None
 
-    def take_over(self, session_id: str, peer_delivered: int, peer_acknowledged: int) -> None:
+    def persist_sessions(self, persist: Persist) -> None:
+        """Keep what the session sends elsewhere too: ``await persist(state, entries,
+        receipts)`` stores ``entries`` (sequence numbers and serialized messages, in order)
+        before any of them is written to the socket (``receipts``: of those that came from a
+        durable stream, to acknowledge there in the same step), so that another instance can
+        take the session over and send again what the client did not receive (the plugin
+        passes its durable Redis bus's session directory). Call before the proxy starts."""
+        if self._resume is None:
+            raise ConfigurationError("persist_sessions() needs a resumable proxy (resume_grace)")
+        self._persist = persist
+
+    def take_over(
+        self,
+        session_id: str,
+        peer_delivered: int,
+        peer_acknowledged: int,
+        sent: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
         """Serve, from the start, a session that another instance served until it died (the
         plugin calls this on a durable Redis bus, for a session Redis still knows).
 
-        The client resumes it: our numbering goes on after ``peer_delivered`` (what it
-        received), and it sends again what followed ``peer_acknowledged`` (what the other
-        instance acknowledged, so had handed to the bus). What the other instance had sent
-        and the client had not received is lost with it. Call before the proxy starts.
+        The client resumes it: it sends again what followed ``peer_acknowledged`` (what the
+        other instance acknowledged, so had handed to the bus); of ``sent`` (what the other
+        instance numbered and persisted, see :meth:`persist_sessions`), what followed
+        ``peer_delivered`` (what the client received) is sent again with its numbers, and our
+        numbering goes on after. Call before the proxy starts.
         """
         if self._resume is None:
             raise ConfigurationError("take_over() needs a resumable proxy (resume_grace)")
-        self._taken_over = (session_id, peer_delivered, peer_acknowledged)
+        self._taken_over = (session_id, peer_delivered, peer_acknowledged, list(sent))
 
     @property
     def session_id(self) -> str | None:
