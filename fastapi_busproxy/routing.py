@@ -306,7 +306,9 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
                     CloseCode.TRY_AGAIN_LATER, f"the session of {remote} is held elsewhere"
                 )
                 return
-            taken = (resume[0], resume[1], acknowledged)
+            # What the dead instance sent and kept, from what the client did not receive.
+            sent = await directory.sent_after(resume[0], resume[1])
+            taken = (resume[0], resume[1], acknowledged, sent)
     entry = _Session()
     state.sessions[remote] = entry
     kept = False
@@ -330,6 +332,8 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
             **options,
         )
         entry.proxy = session.proxy = proxy
+        if directory is not None and proxy.resumable:
+            proxy.persist_sessions(directory.keep_sent)
         if taken is not None and proxy.resumable:
             logger.info(
                 "route %s: %s takes over its session from another instance", route.name, remote

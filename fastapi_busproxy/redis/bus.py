@@ -171,7 +171,9 @@ class RedisBus(WorkerBus):
         self.sessions: SessionDirectory | None = None
         """Durable mode: the resumable sessions of the instances (see :mod:`.sessions`)."""
         if delivery == "durable":
-            self.sessions = SessionDirectory(self.keys, self.process_id, heartbeat_ttl)
+            self.sessions = SessionDirectory(
+                self.keys, self.process_id, heartbeat_ttl, publish_timeout
+            )
             self._streams = StreamDelivery(
                 self.keys,
                 self.process_id,

@@ -114,6 +114,10 @@ class KeyScheme:
     def session(self, session: str) -> str:
         return f"{self.prefix}:sess:{session}"
 
+    def sent(self, session: str) -> str:
+        """What a resumable session sent its client and the client has not acknowledged."""
+        return f"{self.prefix}:out:{session}"
+
     def delivered(self, target: str) -> str:
         return f"{self.prefix}:d:{target}"
 

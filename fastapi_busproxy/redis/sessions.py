@@ -10,21 +10,33 @@ and the client tries again. If its instance dies, the key outlives it by
 reconnects to another instance within that time names the session, the new instance finds it
 here and takes it over (:meth:`WebSocketProxyServer.take_over`). The messages the client had
 sent and not had acknowledged are sent again and dropped by the worker's stream reader if the
-first instance had passed them on (their identity is ``(session, number)``); the messages for
-the client wait in its worker's stream (see :mod:`.streams`).
+first instance had passed them on (their identity is ``(session, number)``).
+
+The other way, what an instance sends the client is kept here before it is written
+(``<prefix>:out:<session id>``, a stream whose entry ids are ``0-<number>``, trimmed as the
+client acknowledges, with the record's lifetime): the instance that takes the session over
+sends again, with the same numbers, what the client says it did not receive. A message for the
+client from another process's worker is acknowledged in its worker's stream only once kept
+here (see :mod:`.streams`); one that had not got here is still pending there, and claimed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..exceptions import BusUnavailableError
 from .errors import redis_errors
-from .keys import KeyScheme
+from .keys import GROUP, KeyScheme
 from .ledger import SESSION_SENDER
+
+if TYPE_CHECKING:
+    from .._receipt import Receipt
+    from ..proxy.resume import SessionState
 
 __all__ = ["SessionDirectory", "SessionRecord"]
 
@@ -35,10 +47,13 @@ MAX_SESSIONS = 100_000
 
 
 class SessionDirectory:
-    def __init__(self, keys: KeyScheme, process_id: str, heartbeat_ttl: float) -> None:
+    def __init__(
+        self, keys: KeyScheme, process_id: str, heartbeat_ttl: float, write_timeout: float
+    ) -> None:
         self.keys = keys
         self.process_id = process_id
         self.heartbeat_ttl = heartbeat_ttl
+        self.write_timeout = write_timeout
         self.redis: Any = None
         self._ours: dict[str, tuple[bytes, int]] = {}  # session -> (its record, ttl in ms)
 
@@ -80,14 +95,89 @@ class SessionDirectory:
         try:
             await self.redis.eval(
                 _FORGET,
-                2,
+                3,
                 self.keys.session(session),
                 self.keys.delivered(local_worker),
+                self.keys.sent(session),
                 value,
                 SESSION_SENDER + session,
             )
         except redis_errors() as exc:  # it expires
             logger.warning("redis bus %s: session not removed: %s", self.process_id, exc)
+
+    async def keep_sent(
+        self, state: SessionState, entries: list[tuple[int, bytes]], receipts: list[Receipt]
+    ) -> None:
+        """Keep ``entries``, what ``state`` numbered and has not kept yet (a link calls this
+        before it writes any of them), and forget what the client acknowledged; in the same
+        transaction, acknowledge in their streams those of ``receipts`` that came from one
+        (so that an instance taking over replays them from here, and does not claim them
+        there too). Retried while Redis is away, up to ``write_timeout`` seconds.
+
+        Raises:
+            BusUnavailableError: Redis did not take it in time (the link closes; the
+                session's client resumes, and it is kept then).
+        """
+        session = state.session
+        assert session is not None
+        acknowledged = state.peer_acked
+        key = self.keys.sent(session)
+        ours = self._ours.get(session)
+        ttl_ms = ours[1] if ours is not None else int(self.heartbeat_ttl * 1000)
+        acks: dict[str, list[bytes]] = {}
+        numbers: dict[str, dict[str, int]] = {}
+        for receipt in receipts:
+            if receipt.entry is not None:
+                target, entry_id, sender, number = receipt.entry
+                acks.setdefault(target, []).append(entry_id)
+                numbers.setdefault(target, {})[sender] = number  # in order: the last is highest
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.write_timeout
+        tries = 0
+        while True:
+            try:
+                pipe = self.redis.pipeline(transaction=True)
+                for seq, payload in entries:
+                    pipe.xadd(key, {"p": payload}, id=f"0-{seq}")
+                for target, ids in acks.items():
+                    pipe.xack(self.keys.stream(target), GROUP, *ids)
+                    pipe.hset(self.keys.delivered(target), mapping=numbers[target])
+                if acknowledged:
+                    pipe.xtrim(key, minid=f"0-{acknowledged + 1}")
+                pipe.pexpire(key, ttl_ms)
+                results = await pipe.execute(raise_on_error=False)
+                for result in results:
+                    # An entry a try whose answer was lost had added is there: fine.
+                    if isinstance(result, Exception) and "equal or smaller" not in str(result):
+                        raise result
+                return
+            except redis_errors() as exc:
+                tries += 1
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise BusUnavailableError(
+                        f"Redis did not keep what session {session} sends for"
+                        f" {self.write_timeout}s ({exc})"
+                    ) from exc
+                await asyncio.sleep(min(remaining, 0.05 * 2 ** min(tries, 6)))
+
+    async def sent_after(self, session: str, after: int) -> list[tuple[int, bytes]]:
+        """What ``session`` sent after number ``after`` and kept (see :meth:`keep_sent`), in
+        order; empty if Redis cannot say."""
+        try:
+            entries = await self.redis.xrange(self.keys.sent(session), min=f"0-{after + 1}")
+        except redis_errors() as exc:
+            logger.warning(
+                "redis bus %s: cannot read what a session sent: %s", self.process_id, exc
+            )
+            return []
+        found = []
+        for entry_id, fields in entries:
+            raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            payload = fields.get(b"p")
+            if payload is not None:
+                found.append((int(raw.partition("-")[2]), payload))
+        return found
 
     async def lookup(self, session: str) -> SessionRecord | None:
         """The record of ``session`` if some instance keeps it and it has not expired."""
@@ -126,6 +216,7 @@ class SessionDirectory:
         pipe = self.redis.pipeline(transaction=False)
         for session, (value, ttl_ms) in self._ours.items():
             pipe.set(self.keys.session(session), value, px=ttl_ms)
+            pipe.pexpire(self.keys.sent(session), ttl_ms)
         await pipe.execute()
 
 
@@ -137,11 +228,12 @@ class SessionRecord:
 
 
 # Delete a session's record if it is still ours (another instance may have taken it over),
-# and what the local worker's stream remembers of the session.
+# what the local worker's stream remembers of the session, and what it sent.
 _FORGET = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     redis.call('del', KEYS[1])
     redis.call('hdel', KEYS[2], ARGV[2])
+    redis.call('del', KEYS[3])
 end
 return 0
 """

@@ -353,7 +353,10 @@ class StreamDelivery:
             set_trace_context(message, envelope.trace_context)
         # Acknowledged when every local subscriber that took it has handled it: what a
         # killed process had queued is still pending, for the next host to claim.
-        receipt = Receipt(lambda: self._settle(reader, entry_id, sender, seq))
+        receipt = Receipt(
+            lambda: self._settle(reader, entry_id, sender, seq),
+            (reader.target, entry_id, sender, seq),
+        )
         attach_receipt(message, receipt)
         reader.in_flight.add(entry_id)
         # Waits for room: a slow worker holds back its own stream only.
