@@ -591,3 +591,90 @@ async def test_what_waited_for_the_servers_first_word_goes_out_when_a_plain_serv
         transport.feed(good(1))  # the server speaks plain
         await transport.wait_sent(1)
     assert [decoded(data) for data in transport.sent] == [outgoing(0)]
+
+
+# --- a resumable link that keeps what it sends elsewhere (persist) -------------------------
+
+
+class Keeper:
+    """A persist hook: records what it was given and how many frames were out by then; fails
+    with ``fail`` once if given."""
+
+    def __init__(self, transport: FakeTransport, fail: BaseException | None = None) -> None:
+        self.transport = transport
+        self.fail = fail
+        self.calls: list[tuple[list[int], int, int]] = []
+
+    async def __call__(self, state: Any, entries: list[tuple[int, bytes]], receipts: Any) -> None:
+        self.calls.append(([seq for seq, _ in entries], len(receipts), len(self.transport.sent)))
+        if self.fail is not None:
+            fail, self.fail = self.fail, None
+            raise fail
+
+
+def persisting_link(transport: FakeTransport, keeper: Keeper, outbox: Outbox) -> Link:
+    from fastapi_busproxy.proxy.resume import SessionState
+
+    state = SessionState()
+    state.session = "s1"
+    link = Link(
+        name=LINK_NAME,
+        transport=transport,
+        rules=ForwardingRules.build(local_worker=LOCAL, remote_worker=REMOTE),
+        serializer=SERIALIZER,
+        framed=True,
+        deliver=Delivered(),
+        outbox=outbox,
+        stats=LinkStats(),
+        config=LinkConfig(),
+        session=state,
+        persist=keeper,
+    )
+    link.protocol.welcome(resumed=False)  # the server's first frame
+    return link
+
+
+async def test_a_persisting_link_keeps_what_it_numbers_before_writing_it() -> None:
+    from fastapi_busproxy._receipt import Receipt, attach_receipt
+
+    transport, outbox = FakeTransport(), Outbox(max_size=10)
+    keeper = Keeper(transport)
+    link = persisting_link(transport, keeper, outbox)
+    done: list[int] = []
+    messages = [outgoing(n) for n in range(3)]
+    receipt = Receipt(lambda: done.append(1))
+    attach_receipt(messages[1], receipt)
+    for message in messages:
+        outbox.put_nowait(message)
+    receipt.release()  # the deliverer's: the outbox, then the session, hold it
+    async with running(link):
+        await transport.wait_until(
+            lambda: any(decode_frame(d).kind is FrameKind.SEQUENCED for d in transport.sent)
+        )
+    # Kept before the frame that carries them went out, with the one receipt among them.
+    assert keeper.calls == [([1, 2, 3], 1, len(transport.sent) - 1)]
+    assert done == [1]
+    frame = decode_frame(transport.sent[-1])
+    assert [SERIALIZER.deserialize(bytes(p)) for p in frame.payloads] == messages
+
+
+async def test_a_link_whose_keeper_fails_writes_nothing_of_it_and_ends() -> None:
+    from fastapi_busproxy._receipt import Receipt, attach_receipt
+    from fastapi_busproxy.exceptions import BusUnavailableError
+
+    transport, outbox = FakeTransport(), Outbox(max_size=10)
+    keeper = Keeper(transport, fail=BusUnavailableError("Redis is away"))
+    link = persisting_link(transport, keeper, outbox)
+    done: list[int] = []
+    message = outgoing(0)
+    receipt = Receipt(lambda: done.append(1))
+    attach_receipt(message, receipt)
+    outbox.put_nowait(message)
+    receipt.release()
+    info = await run_to_end(link)
+    assert keeper.calls == [([1], 1, len(transport.sent))]
+    assert all(decode_frame(d).kind is not FrameKind.SEQUENCED for d in transport.sent)
+    assert done == []  # not kept: the stream keeps it pending
+    assert link.protocol.session is not None
+    assert link.protocol.session.unpersisted() == [(1, SERIALIZER.serialize(message))]
+    assert info.code == CloseCode.INTERNAL_ERROR

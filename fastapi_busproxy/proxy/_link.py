@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..closecodes import CloseCode
-from ..exceptions import BusError
+from ..exceptions import BusError, BusUnavailableError
 from ..messages import BusMessage
 from ..serializers import MessageSerializer
 from ._outbox import Outbox
@@ -510,6 +510,11 @@ class Link:
             # Resumable: in the replay buffer, sent again on the session's next connection.
             # Otherwise the caller queues it: a client's outbox keeps it for the next link.
             return protocol.session is not None
+        except BusUnavailableError as exc:
+            # What the session sends could not be kept (Redis away): the link ends, and the
+            # message, numbered, goes again (kept first) on the session's next connection.
+            self._write_failed(exc)
+            return True
         protocol.written(packed)
         return True
 
