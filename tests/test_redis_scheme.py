@@ -11,7 +11,13 @@ from fastapi_busproxy.exceptions import MessageDecodeError
 from fastapi_busproxy.interest import Interest, InterestIndex
 from fastapi_busproxy.messages import wire_name_of
 from fastapi_busproxy.redis.keys import KeyScheme, decode_envelope, encode_envelope
-from fastapi_busproxy.redis.ledger import GENERATION, DeliveryLedger, SendCounters
+from fastapi_busproxy.redis.ledger import (
+    GENERATION,
+    DeliveryLedger,
+    SendCounters,
+    parse_record,
+    record_value,
+)
 
 KEYS = KeyScheme("app")
 
@@ -110,3 +116,30 @@ def test_the_ledger_and_the_counters_are_bounded() -> None:
     assert counters.next("x") == GENERATION + 1  # ...and y is forgotten now
     assert counters.next("y") == 2 * GENERATION + 1
     assert counters.next("y") == 2 * GENERATION + 2
+
+
+def test_a_target_idle_longer_than_a_stream_keeps_entries_is_numbered_afresh() -> None:
+    counters = SendCounters(idle_after=100.0)
+    ledger = DeliveryLedger()
+    for now in (0.0, 50.0, 150.0):  # 100 s between the last two: not idle yet
+        seq = counters.next("x", now)
+        assert ledger.check("a", seq) == (False, 0)
+        ledger.delivered("a", seq)
+    seq = counters.next("x", 251.0)  # idle 101 s: its record may have forgotten the sender
+    assert seq == GENERATION + 1
+    assert DeliveryLedger().check("a", seq) == (False, 0)  # a reader that forgot: no gap
+    assert ledger.check("a", seq) == (False, 0)  # one that did not: no gap either
+    assert counters.next("y", 251.0) == GENERATION + 1  # a new target: the current generation
+
+
+def test_a_record_drops_the_senders_it_no_longer_needs() -> None:
+    now, keep = 1_000_000, 10_000
+    raw = {
+        b"p1.a": record_value(7, now - 5_000).encode(),  # written 5 s ago: kept
+        b"p2.b": record_value(3, now - 20_000).encode(),  # 20 s ago: stale
+        b"s:abc": b"12",  # no time (an older record): kept
+        b"junk": b"x:y",  # not a record's value: dropped
+    }
+    last, stale = parse_record(raw, now, keep)
+    assert last == {"p1.a": 7, "s:abc": 12}
+    assert sorted(stale) == [b"junk", b"p2.b"]

@@ -10,7 +10,10 @@ data), and says how many.
 
 A sender that has written to more targets than it keeps counters for starts a new generation of
 numbers (the high bits): its next message to a target it had forgotten starts over there, and is
-neither a repeat nor a gap.
+neither a repeat nor a gap. So does a sender that has not written to a target for longer than a
+stream keeps its entries: the target's record may have forgotten it by then (a field of the
+record not written for ``2 * stream_max_age`` is dropped, see :func:`parse_record`), and it is
+then a new sender there, not one with a gap.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-__all__ = ["GENERATION", "SESSION_SENDER", "DeliveryLedger", "SendCounters", "Verdict"]
+__all__ = [
+    "GENERATION",
+    "SESSION_SENDER",
+    "DeliveryLedger",
+    "SendCounters",
+    "Verdict",
+    "parse_record",
+    "record_value",
+]
 
 SESSION_SENDER = "s:"
 """A sender named ``s:<session>`` is a resumable link's session, numbered by the link: its numbers
@@ -76,21 +87,56 @@ class DeliveryLedger:
             last.popitem(last=False)
 
 
+def record_value(seq: int, now_ms: int) -> str:
+    """A field's value in a target's record: the last number delivered, and when written."""
+    return f"{seq}:{now_ms}"
+
+
+def parse_record(
+    record: dict[bytes, bytes], now_ms: int, keep_ms: int
+) -> tuple[dict[str, int], list[bytes]]:
+    """A target's record read from Redis: the last number per sender, and the fields not
+    written for ``keep_ms`` (to drop: none of their sender's entries can be left in the
+    stream, and the sender numbers afresh after so long). A value without a time is kept."""
+    last: dict[str, int] = {}
+    stale: list[bytes] = []
+    for field, value in record.items():
+        seq, _, written = value.partition(b":")
+        try:
+            number = int(seq)
+            at = int(written) if written else None
+        except ValueError:
+            stale.append(field)  # not ours: nothing to learn from it
+            continue
+        if at is not None and now_ms - at > keep_ms:
+            stale.append(field)
+        else:
+            last[field.decode(errors="replace")] = number
+    return last, stale
+
+
 class SendCounters:
     """A sender's numbers, per target; at most ``max_targets`` counters (past that, the least
-    recently used is dropped and a new generation starts)."""
+    recently used is dropped and a new generation starts). A counter not used for
+    ``idle_after`` seconds starts a new generation too (see the module)."""
 
-    def __init__(self, max_targets: int = 65536) -> None:
+    def __init__(self, max_targets: int = 65536, idle_after: float | None = None) -> None:
         self.max_targets = max_targets
-        self._next: OrderedDict[str, int] = OrderedDict()
+        self.idle_after = idle_after
+        self._next: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._generation = 0
 
-    def next(self, target: str) -> int:
+    def next(self, target: str, now: float = 0.0) -> int:
         counters = self._next
-        seq = counters.get(target)
-        if seq is None:
+        entry = counters.get(target)
+        if entry is None:
             seq = self._generation * GENERATION + 1
-        counters[target] = seq + 1
+        elif self.idle_after is not None and now - entry[1] > self.idle_after:
+            self._generation += 1  # above every generation used: afresh for this target
+            seq = self._generation * GENERATION + 1
+        else:
+            seq = entry[0]
+        counters[target] = (seq + 1, now)
         counters.move_to_end(target)
         if len(counters) > self.max_targets:
             counters.popitem(last=False)

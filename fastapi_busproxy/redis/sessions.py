@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ import orjson
 from ..exceptions import BusUnavailableError
 from .errors import redis_errors
 from .keys import GROUP, KeyScheme
-from .ledger import SESSION_SENDER
+from .ledger import SESSION_SENDER, record_value
 
 if TYPE_CHECKING:
     from .._receipt import Receipt
@@ -141,7 +142,9 @@ class SessionDirectory:
                     pipe.xadd(key, {"p": payload}, id=f"0-{seq}")
                 for target, ids in acks.items():
                     pipe.xack(self.keys.stream(target), GROUP, *ids)
-                    pipe.hset(self.keys.delivered(target), mapping=numbers[target])
+                    now_ms = int(time.time() * 1000)
+                    mapping = {s: record_value(n, now_ms) for s, n in numbers[target].items()}
+                    pipe.hset(self.keys.delivered(target), mapping=mapping)
                 if acknowledged:
                     pipe.xtrim(key, minid=f"0-{acknowledged + 1}")
                 pipe.pexpire(key, ttl_ms)

@@ -46,7 +46,7 @@ from ..messages import BusMessage, mark_origin, set_trace_context
 from ..proxy.reconnect import ReconnectPolicy
 from .errors import redis_errors
 from .keys import GROUP, KeyScheme, decode_envelope, encode_envelope
-from .ledger import SESSION_SENDER, DeliveryLedger, SendCounters
+from .ledger import SESSION_SENDER, DeliveryLedger, SendCounters, parse_record, record_value
 
 if TYPE_CHECKING:
     from ..serializers import MessageSerializer
@@ -87,6 +87,7 @@ class _Reader:
     acks: list[bytes] = field(default_factory=list)
     record: dict[str, int] = field(default_factory=dict)
     acking: asyncio.Task[None] | None = None
+    prune_at: float = 0.0  # when to drop the record's stale senders next (monotonic)
 
 
 class StreamDelivery:
@@ -124,7 +125,9 @@ class StreamDelivery:
         self._spawn = spawn
         self._stats = stats
         self._on_loss = on_loss
-        self._counters = SendCounters()
+        # A target not written to for as long as a stream keeps entries is numbered afresh:
+        # its record may have forgotten this sender by then (see .ledger).
+        self._counters = SendCounters(idle_after=stream_max_age)
         # Numbers are per process start: a process id given again after a restart (numbered
         # from 1 again) is a new sender, not a run of repeats.
         self.sender = f"{process_id}.{uuid.uuid4().hex[:8]}"
@@ -164,7 +167,7 @@ class StreamDelivery:
         if link_seq is None:
             # A send that fails keeps its number: it may have reached Redis before the
             # connection broke, and a number used twice would drop the second message.
-            sender, seq = self.sender, self._counters.next(target)
+            sender, seq = self.sender, self._counters.next(target, time.monotonic())
         else:  # from a resumable link: its identity in its session, whichever instance sends
             sender, seq = SESSION_SENDER + link_seq[0], link_seq[1]
         data = encode_envelope(sender, seq, origin, payload, message.trace_context)
@@ -262,8 +265,7 @@ class StreamDelivery:
                 raise
         # A stream made here for a worker nobody writes to goes, as an idle one does.
         await redis.pexpire(stream, int(self.stream_max_age * 1000), nx=True)
-        record = await redis.hgetall(self.keys.delivered(reader.target))
-        reader.ledger.load({k.decode(): int(v) for k, v in record.items()})
+        reader.ledger.load(await self._read_record(reader))
         # Worker names are unique: another reader of this stream is a previous host.
         summary = await redis.xpending(stream, GROUP)
         for consumer in summary.get("consumers") or ():
@@ -287,6 +289,18 @@ class StreamDelivery:
                 name,
             )
         reader.prepared = True
+
+    async def _read_record(self, reader: _Reader) -> dict[str, int]:
+        """The target's record in Redis, less the senders it no longer needs (dropped)."""
+        key = self.keys.delivered(reader.target)
+        keep_ms = int(self.stream_max_age * 2000)
+        record, stale = parse_record(
+            await self.redis.hgetall(key), int(time.time() * 1000), keep_ms
+        )
+        if stale:
+            await self.redis.hdel(key, *stale)
+        reader.prune_at = time.monotonic() + self.stream_max_age / 2
+        return record
 
     async def _drain(self, reader: _Reader, start: str) -> None:
         redis = self.redis
@@ -390,6 +404,8 @@ class StreamDelivery:
                 try:
                     await self._write_acks(reader)
                     attempt = 0
+                    if time.monotonic() >= reader.prune_at:  # a record that grows forever
+                        await self._read_record(reader)
                 except redis_errors() as exc:
                     attempt += 1
                     delay = self.reconnect.delay(attempt, 0.5)
@@ -415,7 +431,10 @@ class StreamDelivery:
             pipe = self.redis.pipeline(transaction=True)
             pipe.xack(stream, GROUP, *acks)
             if record:
-                pipe.hset(delivered, mapping=record)
+                now_ms = int(time.time() * 1000)
+                pipe.hset(
+                    delivered, mapping={s: record_value(n, now_ms) for s, n in record.items()}
+                )
                 pipe.pexpire(delivered, int(self.stream_max_age * 2000))
             await pipe.execute()
         except BaseException:
