@@ -111,6 +111,8 @@ class _Session:
     directory: SessionDirectory | None = None
     recorded: str | None = None
     runner: WorkerRunner | None = None
+    # A durable Redis bus, and the remote worker it sends through its stream for the session.
+    through_stream: tuple[Any, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,12 @@ async def _serve_session(websocket: WebSocket, identity: Any, route: _Route) -> 
         )
         entry.proxy = session.proxy = proxy
         if directory is not None and proxy.resumable:
+            # Nothing for the client is only in this process's memory: what this process
+            # sends it goes through its stream, and what is sent on the link is kept first.
             proxy.persist_sessions(directory.keep_sent)
+            bus: Any = runner.bus  # the one bus that has a session directory: a RedisBus
+            bus.send_through_stream(remote)
+            entry.through_stream = (bus, remote)
         if taken is not None and proxy.resumable:
             logger.info(
                 "route %s: %s takes over its session from another instance", route.name, remote
@@ -381,6 +388,10 @@ async def _release(state: Any, remote: str, entry: _Session, group: WorkerSessio
             running = entry.runner is not None and entry.runner.state is RunnerState.RUNNING
             await entry.directory.forget(entry.recorded, ended=running)
     finally:
+        if entry.through_stream is not None:
+            bus, remote_worker = entry.through_stream
+            bus.stop_sending_through_stream(remote_worker)
+            entry.through_stream = None
         if state.sessions.get(remote) is entry:
             del state.sessions[remote]
         entry.done.set()

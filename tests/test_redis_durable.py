@@ -340,3 +340,30 @@ async def test_a_process_that_also_watches_everything_reads_its_workers_backlog(
                 await runner.add_workers(sink)
                 await asyncio.wait_for(sink.wait_count(20), 20)
                 assert sink.got == [("a", n) for n in range(20)]
+
+
+async def test_what_a_process_sends_a_clients_worker_goes_through_its_stream() -> None:
+    """For a client's worker whose session another instance may take over, even a sender in
+    the serving process goes through the stream: what was not passed on to the client when the
+    process dies is still there, for the instance that takes over."""
+    import redis.asyncio as redis_asyncio
+
+    async with redis_server() as redis:
+        ns = prefix()
+        bus = RedisBus(redis.url, prefix=ns, delivery="durable")
+        client = redis_asyncio.Redis.from_url(redis.url)
+        try:
+            async with WorkerRunner(name="instance", bus=bus) as runner:
+                proxy = Collector("c")  # stands for the proxy of the remote worker c
+                await runner.add_workers(proxy)
+                bus.send_through_stream("c")
+                await bus.send(Ping(source="w", target="c", n=1))
+                await asyncio.wait_for(proxy.wait_count(1), 10)
+                assert await client.xlen(f"{ns}:q:c") == 1
+                bus.stop_sending_through_stream("c")
+                await bus.send(Ping(source="w", target="c", n=2))  # to its subscriber here
+                await asyncio.wait_for(proxy.wait_count(2), 10)
+                assert await client.xlen(f"{ns}:q:c") == 1
+                assert proxy.got == [("w", 1), ("w", 2)]
+        finally:
+            await client.aclose()

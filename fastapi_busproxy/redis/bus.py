@@ -168,6 +168,8 @@ class RedisBus(WorkerBus):
             self.keys, self.process_id, self.serializer, heartbeat_ttl, self._refuse
         )
         self._streams: StreamDelivery | None = None
+        # Targets sent through their stream though wanted here (counted: one per session).
+        self._through_stream: dict[str, int] = {}
         self.sessions: SessionDirectory | None = None
         """Durable mode: the resumable sessions of the instances (see :mod:`.sessions`)."""
         if delivery == "durable":
@@ -201,6 +203,19 @@ class RedisBus(WorkerBus):
 
     def bind_registry(self, registry: WorkerRegistry) -> None:
         self._replica.bind(registry)
+
+    def send_through_stream(self, target: str) -> None:
+        """Durable mode: send what this process sends to ``target`` through its stream, though
+        a subscriber here wants it (the plugin does this for the remote worker of a session
+        another instance may take over); undo with :meth:`stop_sending_through_stream`."""
+        self._through_stream[target] = self._through_stream.get(target, 0) + 1
+
+    def stop_sending_through_stream(self, target: str) -> None:
+        count = self._through_stream.get(target, 0) - 1
+        if count > 0:
+            self._through_stream[target] = count
+        else:
+            self._through_stream.pop(target, None)
 
     def add_loss_listener(self, listener: Callable[[DataLoss], None]) -> None:
         """Call ``listener`` with each loss durable mode finds (it is logged and counted too)."""
@@ -313,12 +328,15 @@ class RedisBus(WorkerBus):
         if (
             streams is not None
             and target is not None
-            and message.link_seq is not None
+            and (message.link_seq is not None or target in self._through_stream)
             and not is_local_only(message)
+            and not isinstance(message, PROCESS_LOCAL_TYPES)
         ):
-            # From a resumable link: through the stream even to a worker of this process,
-            # whose reader drops what a client resuming here sends again after another
-            # instance passed it on, and keeps it behind what that instance sent before.
+            # Through the stream even to a subscriber in this process: from a resumable link
+            # (the reader drops what a client resuming here sends again after another
+            # instance passed it on, and keeps it behind what that instance sent before), or
+            # to a client's worker whose session another instance may take over (what this
+            # process had not passed on yet is then still in the stream).
             await streams.add(message, message.origin)
             await self._publish_extra(message)
             return
