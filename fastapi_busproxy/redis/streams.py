@@ -80,8 +80,9 @@ class _Reader:
     again: bool = False
     prepared: bool = False
     attempt: int = 0
-    # Entries handed to the local bus and not yet handled (at most the subscribers' queues'
-    # capacity and a batch): a read of this process's pending entries skips them.
+    # Entries handed to the local bus and not yet handled (bounded by what holds them: the
+    # subscribers' queues, a batch, a proxy's send queue and its session's unpersisted
+    # replay): a read of this process's pending entries skips them.
     in_flight: set[bytes] = field(default_factory=set)
     # Handled, to acknowledge: entry ids, and the last number handled per sender.
     acks: list[bytes] = field(default_factory=list)
