@@ -5,7 +5,9 @@ Two runners in this process, each on its own ``RedisBus`` on one redis-server of
 The baseline is pub/sub; durable mode runs on the same server (no persistence), and again on a
 second server that persists every write (``appendfsync always``), as durable mode's guarantee
 needs. Latency: one message in flight, there and back. Throughput: one sender, each ``send``
-awaited (it returns once Redis has the message), until the other side has them all.
+awaited (it returns once Redis has the message), until the other side has them all. Then the
+same latency from a client's worker to a worker on an app on that bus, through the plugin and a
+resumable link (uvicorn and the client in this process too).
 """
 
 from __future__ import annotations
@@ -129,6 +131,83 @@ async def _measure(url: str, delivery: str, latency_n: int, throughput_n: int) -
     return figures
 
 
+async def _measure_link(url: str, delivery: str, latency_n: int) -> dict[str, float]:
+    """A client's worker and a worker on an app's durable or pub/sub Redis bus, through the
+    plugin and a resumable link (in durable mode the instance keeps what it sends the client in
+    Redis before writing it, and its own workers' messages to the client go through a stream):
+    one message in flight, there and back."""
+    from fastapi import FastAPI
+
+    from fastapi_busproxy import (
+        BaseWorker,
+        BusDataMessage,
+        BusMessage,
+        BusProxySettings,
+        WebSocketProxyClient,
+        WorkerRunner,
+        configure_bus,
+        include_bus_proxy,
+        runner_of,
+    )
+    from fastapi_busproxy.testing import running_app
+
+    @dataclass(kw_only=True)
+    class Numbered(BusDataMessage):
+        n: int
+
+    class Echo(BaseWorker):
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if isinstance(message, Numbered):
+                await self.send_bus_message(Numbered(source=self.name, target="ping", n=message.n))
+            else:
+                await super().on_bus_message(message)
+
+    class Ping(BaseWorker):
+        def __init__(self) -> None:
+            super().__init__("ping")
+            self.got = -1
+            self.arrived = asyncio.Event()
+
+        async def on_bus_message(self, message: BusMessage) -> None:
+            if isinstance(message, Numbered):
+                self.got = message.n
+                self.arrived.set()
+            else:
+                await super().on_bus_message(message)
+
+    app = FastAPI()  # each mode on a Redis of its own, or after the other is gone
+    settings = BusProxySettings(bus_url=url, bus_delivery=delivery)
+    configure_bus(app, settings=settings)
+    include_bus_proxy(app, "/ws", "echo", remote_worker_name="ping")
+    figures: dict[str, float] = {}
+    async with running_app(app) as base:
+        await runner_of(app).add_workers(Echo("echo"))
+        client = WorkerRunner(name="client")
+        ping = Ping()
+        proxy = WebSocketProxyClient(
+            "link",
+            url=f"{base}/ws",
+            remote_worker_name="echo",
+            local_worker_name="ping",
+            active=True,
+        )
+        async with client:
+            await client.add_workers(ping, proxy)
+            await client.registry.wait_ready("echo", timeout=10)
+            rtts = []
+            for n in range(latency_n):
+                started = now()
+                await ping.send_bus_message(Numbered(source="ping", target="echo", n=n))
+                async with asyncio.timeout(10):
+                    while ping.got != n:
+                        ping.arrived.clear()
+                        await ping.arrived.wait()
+                rtts.append((now() - started) * 1000)
+    figures["p50_ms"] = statistics.median(rtts)
+    figures["p99_ms"] = percentile(rtts, 99)
+    return figures
+
+
 async def run_round(ctx: Context) -> dict[str, float]:
     latency_n = max(100, ctx.counts.latency // 10)
     throughput_n = max(500, ctx.counts.throughput // 10)
@@ -140,6 +219,13 @@ async def run_round(ctx: Context) -> dict[str, float]:
                 delivery = "pubsub" if mode == "pubsub" else "durable"
                 result = await _measure(url, delivery, latency_n, throughput_n)
                 figures.update({f"{mode}.{key}": value for key, value in result.items()})
+            # After the buses' figures: an app and a client in this process leave work behind
+            # for a while (closing handshakes, Redis connections).
+            for mode in MODES:
+                url = persisted if mode == "durable_fsync" else plain
+                delivery = "pubsub" if mode == "pubsub" else "durable"
+                result = await _measure_link(url, delivery, latency_n)
+                figures.update({f"{mode}.link_{key}": value for key, value in result.items()})
     return figures
 
 
@@ -176,6 +262,18 @@ def scenario() -> Scenario:
                 ref_name="pub/sub",
                 value_name=name,
                 digits=0,
+            ),
+        ]
+        rows += [
+            Row(
+                f"p50 through a link, {name} vs pub/sub",
+                "ms",
+                "pubsub.link_p50_ms",
+                f"{mode}.link_p50_ms",
+                "lower",
+                ref_name="pub/sub",
+                value_name=name,
+                digits=3,
             ),
         ]
     return Scenario(
