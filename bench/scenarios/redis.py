@@ -13,6 +13,7 @@ resumable link (uvicorn and the client in this process too).
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import socket
 import statistics
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..clients import now
 from ..stats import percentile
@@ -65,15 +67,16 @@ async def redis_server(data_dir: Path | None) -> AsyncIterator[str]:
         await drain
 
 
-async def _measure(url: str, delivery: str, latency_n: int, throughput_n: int) -> dict[str, float]:
-    from fastapi_busproxy import BaseWorker, BusDataMessage, BusMessage, WorkerRunner
-    from fastapi_busproxy.redis import RedisBus
+@functools.cache
+def _kinds() -> tuple[Any, Any, Any]:
+    """The scenario's message and workers, made once (the message's wire name is registered
+    once): ``Numbered``; ``Echo``, which answers each to ``ping``; ``Sink``, which keeps the
+    numbers it gets."""
+    from fastapi_busproxy import BaseWorker, BusDataMessage, BusMessage
 
     @dataclass(kw_only=True)
     class Numbered(BusDataMessage):
         n: int
-
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
 
     class Echo(BaseWorker):
         async def on_bus_message(self, message: BusMessage) -> None:
@@ -95,31 +98,50 @@ async def _measure(url: str, delivery: str, latency_n: int, throughput_n: int) -
             else:
                 await super().on_bus_message(message)
 
+        async def wait_last(self, n: int) -> None:
+            while self.got[-1:] != [n]:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+    return Numbered, Echo, Sink
+
+
+async def _round_trips(ping: Any, count: int) -> list[float]:
+    """``count`` round trips from ``ping`` to ``echo`` and back, one at a time, in ms."""
+    numbered = _kinds()[0]
+    rtts = []
+    for n in range(count):
+        started = now()
+        await ping.send_bus_message(numbered(source="ping", target="echo", n=n))
+        async with asyncio.timeout(10):
+            await ping.wait_last(n)
+        rtts.append((now() - started) * 1000)
+    return rtts
+
+
+async def _measure(url: str, delivery: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+    from fastapi_busproxy import WorkerRunner
+    from fastapi_busproxy.redis import RedisBus
+
+    numbered, echo_kind, sink_kind = _kinds()
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+
     def bus() -> RedisBus:
         return RedisBus(url, prefix=prefix, delivery=delivery)  # type: ignore[arg-type]
 
     here, there = WorkerRunner(name="here", bus=bus()), WorkerRunner(name="there", bus=bus())
-    ping, echo, sink = Sink("ping"), Echo("echo"), Sink("sink")
+    ping, echo, sink = sink_kind("ping"), echo_kind("echo"), sink_kind("sink")
     figures: dict[str, float] = {}
     async with here, there:
         await here.add_workers(ping)
         await there.add_workers(echo, sink)
         await here.registry.wait_ready("echo", timeout=10)
-        rtts = []
-        for n in range(latency_n):
-            ping.arrived.clear()
-            started = now()
-            await ping.send_bus_message(Numbered(source="ping", target="echo", n=n))
-            async with asyncio.timeout(10):
-                while not ping.got or ping.got[-1] != n:
-                    ping.arrived.clear()
-                    await ping.arrived.wait()
-            rtts.append((now() - started) * 1000)
+        rtts = await _round_trips(ping, latency_n)
         figures["p50_ms"] = statistics.median(rtts)
         figures["p99_ms"] = percentile(rtts, 99)
         started = now()
         for n in range(throughput_n):
-            await ping.send_bus_message(Numbered(source="ping", target="sink", n=n))
+            await ping.send_bus_message(numbered(source="ping", target="sink", n=n))
         async with asyncio.timeout(60):
             while len(sink.got) < throughput_n:
                 sink.arrived.clear()
@@ -139,9 +161,6 @@ async def _measure_link(url: str, delivery: str, latency_n: int) -> dict[str, fl
     from fastapi import FastAPI
 
     from fastapi_busproxy import (
-        BaseWorker,
-        BusDataMessage,
-        BusMessage,
         BusProxySettings,
         WebSocketProxyClient,
         WorkerRunner,
@@ -151,39 +170,14 @@ async def _measure_link(url: str, delivery: str, latency_n: int) -> dict[str, fl
     )
     from fastapi_busproxy.testing import running_app
 
-    @dataclass(kw_only=True)
-    class Numbered(BusDataMessage):
-        n: int
-
-    class Echo(BaseWorker):
-        async def on_bus_message(self, message: BusMessage) -> None:
-            if isinstance(message, Numbered):
-                await self.send_bus_message(Numbered(source=self.name, target="ping", n=message.n))
-            else:
-                await super().on_bus_message(message)
-
-    class Ping(BaseWorker):
-        def __init__(self) -> None:
-            super().__init__("ping")
-            self.got = -1
-            self.arrived = asyncio.Event()
-
-        async def on_bus_message(self, message: BusMessage) -> None:
-            if isinstance(message, Numbered):
-                self.got = message.n
-                self.arrived.set()
-            else:
-                await super().on_bus_message(message)
-
+    _, echo_kind, sink_kind = _kinds()
     app = FastAPI()  # each mode on a Redis of its own, or after the other is gone
-    settings = BusProxySettings(bus_url=url, bus_delivery=delivery)
-    configure_bus(app, settings=settings)
+    configure_bus(app, settings=BusProxySettings(bus_url=url, bus_delivery=delivery))
     include_bus_proxy(app, "/ws", "echo", remote_worker_name="ping")
-    figures: dict[str, float] = {}
     async with running_app(app) as base:
-        await runner_of(app).add_workers(Echo("echo"))
+        await runner_of(app).add_workers(echo_kind("echo"))
         client = WorkerRunner(name="client")
-        ping = Ping()
+        ping = sink_kind("ping")
         proxy = WebSocketProxyClient(
             "link",
             url=f"{base}/ws",
@@ -194,18 +188,8 @@ async def _measure_link(url: str, delivery: str, latency_n: int) -> dict[str, fl
         async with client:
             await client.add_workers(ping, proxy)
             await client.registry.wait_ready("echo", timeout=10)
-            rtts = []
-            for n in range(latency_n):
-                started = now()
-                await ping.send_bus_message(Numbered(source="ping", target="echo", n=n))
-                async with asyncio.timeout(10):
-                    while ping.got != n:
-                        ping.arrived.clear()
-                        await ping.arrived.wait()
-                rtts.append((now() - started) * 1000)
-    figures["p50_ms"] = statistics.median(rtts)
-    figures["p99_ms"] = percentile(rtts, 99)
-    return figures
+            rtts = await _round_trips(ping, latency_n)
+    return {"p50_ms": statistics.median(rtts), "p99_ms": percentile(rtts, 99)}
 
 
 async def run_round(ctx: Context) -> dict[str, float]:
