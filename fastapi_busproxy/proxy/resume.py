@@ -71,7 +71,7 @@ class SessionState:
         # Made on first use and dropped when empty: an idle session holds no deque block.
         self._replay: deque[tuple[int, bytes]] | None = None
         self.replay_bytes = 0
-        self.persisted = 0  # the highest of ours kept elsewhere too (see persisted_all)
+        self.persisted = 0  # the highest of ours kept elsewhere too (see persisted_upto)
         # Receipts of the messages numbered and not persisted, with their batch's last number.
         self._receipts: deque[tuple[int, Receipt]] | None = None
 

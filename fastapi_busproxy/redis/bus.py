@@ -59,7 +59,7 @@ from ..exceptions import (
 from ..messages import BusMessage, Overflow, is_local_only, mark_origin, set_trace_context
 from ..proxy.reconnect import ReconnectPolicy
 from ..serializers import JSONMessageSerializer, MessageSerializer
-from .errors import redis_errors
+from .errors import redis_errors, retry_while_away
 from .keys import PROCESS_LOCAL_TYPES, KeyScheme, decode_envelope, encode_envelope
 from .replica import REMOTE, RegistryReplica
 from .sessions import SessionDirectory
@@ -384,24 +384,16 @@ class RedisBus(WorkerBus):
 
     async def _retrying(self, attempt: Callable[[], Awaitable[None]], message: BusMessage) -> None:
         """Run ``attempt`` until Redis takes it, for up to ``publish_timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
-        tries = 0
-        while True:
-            try:
-                await attempt()
-                self.stats.published += 1
-                return
-            except redis_errors() as exc:
-                tries += 1
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    self.stats.publish_failures += 1
-                    raise BusUnavailableError(
-                        f"Redis at {self._safe_url()} did not take {type(message).__name__}"
-                        f" for {self.publish_timeout}s ({exc}); the message was not sent"
-                    ) from exc
-                await asyncio.sleep(min(remaining, 0.05 * 2 ** min(tries, 6)))
+
+        def refusal(exc: BaseException) -> str:
+            self.stats.publish_failures += 1
+            return (
+                f"Redis at {self._safe_url()} did not take {type(message).__name__}"
+                f" for {self.publish_timeout}s ({exc}); the message was not sent"
+            )
+
+        await retry_while_away(attempt, self.publish_timeout, refusal)
+        self.stats.published += 1
 
     async def _deliver_durable(self, message: BusMessage) -> bool:
         """Hand a message from a stream to the local subscribers of its target, waiting for

@@ -22,7 +22,6 @@ here (see :mod:`.streams`); one that had not got here is still pending there, an
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -30,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..exceptions import BusUnavailableError
-from .errors import redis_errors
+from .errors import redis_errors, retry_while_away
 from .keys import GROUP, KeyScheme
 from .ledger import SESSION_SENDER, record_value
 
@@ -132,37 +130,31 @@ class SessionDirectory:
                 target, entry_id, sender, number = receipt.entry
                 acks.setdefault(target, []).append(entry_id)
                 numbers.setdefault(target, {})[sender] = number  # in order: the last is highest
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.write_timeout
-        tries = 0
-        while True:
-            try:
-                pipe = self.redis.pipeline(transaction=True)
-                for seq, payload in entries:
-                    pipe.xadd(key, {"p": payload}, id=f"0-{seq}")
-                for target, ids in acks.items():
-                    pipe.xack(self.keys.stream(target), GROUP, *ids)
-                    now_ms = int(time.time() * 1000)
-                    mapping = {s: record_value(n, now_ms) for s, n in numbers[target].items()}
-                    pipe.hset(self.keys.delivered(target), mapping=mapping)
-                if acknowledged:
-                    pipe.xtrim(key, minid=f"0-{acknowledged + 1}")
-                pipe.pexpire(key, ttl_ms)
-                results = await pipe.execute(raise_on_error=False)
-                for result in results:
-                    # An entry a try whose answer was lost had added is there: fine.
-                    if isinstance(result, Exception) and "equal or smaller" not in str(result):
-                        raise result
-                return
-            except redis_errors() as exc:
-                tries += 1
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise BusUnavailableError(
-                        f"Redis did not keep what session {session} sends for"
-                        f" {self.write_timeout}s ({exc})"
-                    ) from exc
-                await asyncio.sleep(min(remaining, 0.05 * 2 ** min(tries, 6)))
+
+        async def attempt() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            for seq, payload in entries:
+                pipe.xadd(key, {"p": payload}, id=f"0-{seq}")
+            now_ms = int(time.time() * 1000)
+            for target, ids in acks.items():
+                pipe.xack(self.keys.stream(target), GROUP, *ids)
+                mapping = {s: record_value(n, now_ms) for s, n in numbers[target].items()}
+                pipe.hset(self.keys.delivered(target), mapping=mapping)
+            if acknowledged:
+                pipe.xtrim(key, minid=f"0-{acknowledged + 1}")
+            pipe.pexpire(key, ttl_ms)
+            for result in await pipe.execute(raise_on_error=False):
+                # An entry a try whose answer was lost had added is there: fine.
+                if isinstance(result, Exception) and "equal or smaller" not in str(result):
+                    raise result
+
+        def refusal(exc: BaseException) -> str:
+            return (
+                f"Redis did not keep what session {session} sends for {self.write_timeout}s"
+                f" ({exc})"
+            )
+
+        await retry_while_away(attempt, self.write_timeout, refusal)
 
     async def sent_after(self, session: str, after: int) -> list[tuple[int, bytes]]:
         """What ``session`` sent after number ``after`` and kept (see :meth:`keep_sent`), in
